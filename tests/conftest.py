@@ -1,0 +1,102 @@
+"""The one test fixture over (namespace, device), and where skips are decided.
+
+``backend`` runs a test on every backend spec below that is selected (option
+``--backends`` or env ``XPCNN_BACKENDS``, comma-separated names or specs) and
+available.  A backend named in ``XPCNN_REQUIRE_BACKENDS`` (CI sets it) that
+cannot be resolved is an error, not a skip.  CUDA specs carry the ``gpu``
+marker: ``pytest -m gpu`` runs just those on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from xpcnn.backend import BackendError, parse_spec, resolve
+
+SPECS = [
+    "numpy",
+    "array_api_strict:CPU_DEVICE",
+    "array_api_strict:device1",
+    "array_api_strict:device2",
+    "torch:cpu",
+    "jax:cpu",
+    "cupy:cuda",
+    "torch:cuda",
+]
+
+MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backends", default=os.environ.get("XPCNN_BACKENDS", ""),
+                     help="comma-separated backends or specs to test (default: all available)")
+
+
+def _selected(config) -> list[str]:
+    wanted = [w.strip() for w in config.getoption("--backends").split(",") if w.strip()]
+    if not wanted:
+        return SPECS
+    return [s for s in SPECS if s in wanted or parse_spec(s)[0] in wanted]
+
+
+def _required() -> set[str]:
+    return {w.strip() for w in os.environ.get("XPCNN_REQUIRE_BACKENDS", "").split(",") if w.strip()}
+
+
+def pytest_configure(config):
+    for name in _required():
+        spec = next((s for s in SPECS if parse_spec(s)[0] == name or s == name), name)
+        try:
+            resolve(*parse_spec(spec))
+        except BackendError as exc:
+            raise pytest.UsageError(f"required backend {name!r} is not usable: {exc}")
+
+
+def _params(config):
+    return [pytest.param(spec, id=spec, marks=[pytest.mark.gpu] if "cuda" in spec else [])
+            for spec in _selected(config)]
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", _params(metafunc.config), indirect=True)
+    if "cpu_backend" in metafunc.fixturenames:
+        specs = [p for p in _params(metafunc.config) if "cuda" not in p.values[0]]
+        metafunc.parametrize("cpu_backend", specs, indirect=True)
+
+
+def _resolve_or_skip(spec):
+    name, device = parse_spec(spec)
+    try:
+        return resolve(name, device)
+    except BackendError as exc:
+        if name in _required():
+            pytest.fail(f"required backend {spec} failed: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def backend(request):
+    """A resolved ``xpcnn.Backend`` (namespace ``.xp`` and ``.device``)."""
+    return _resolve_or_skip(request.param)
+
+
+@pytest.fixture
+def cpu_backend(request):
+    return _resolve_or_skip(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def mnist_dir():
+    path = os.path.abspath(MNIST_DIR)
+    if not os.path.isdir(path):
+        pytest.skip(f"real MNIST files not present at {path}")
+    return path

@@ -1,0 +1,165 @@
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import (AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Sigmoid, Tanh,
+                   assert_gradients_ok, to_numpy)
+
+
+def _x(backend, rng, shape, dtype="float64"):
+    return backend.asarray(rng.standard_normal(shape), dtype)
+
+
+# -- the article's worked example -------------------------------------------------
+
+def test_article_worked_example(backend):
+    conv = Conv2D(1, 1, 2, bias=False)
+    conv.params["weight"] = np.array([[[[1.0, 1.0], [0.0, 1.0]]]])
+    conv.to(backend, dtype="float64")
+    image = backend.asarray(np.array([[[[1, 7, 2], [11, 1, 23], [2, 2, 2]]]]), "float64")
+    out = conv(image)
+    np.testing.assert_array_equal(to_numpy(out)[0, 0], [[9, 32], [14, 26]])
+
+
+@pytest.mark.parametrize("n,f,s,p", [(28, 5, 1, 0), (3, 2, 1, 0), (7, 3, 2, 1), (8, 4, 3, 2), (5, 5, 1, 0)])
+def test_output_size_formula(n, f, s, p, rng):
+    conv = Conv2D(1, 2, f, stride=s, padding=p)
+    out = conv(rng.standard_normal((1, 1, n, n)))
+    expected = (n + 2 * p - f) // s + 1
+    assert out.shape == (1, 2, expected, expected)
+    if s == 1 and p == 0:
+        assert expected == n - f + 1  # the article's n - f + 1
+
+
+# -- gradient checks on every backend --------------------------------------------
+
+CONV_CASES = [
+    dict(in_channels=1, out_channels=3, kernel_size=5, stride=1, padding=0, shape=(2, 1, 8, 8)),
+    dict(in_channels=2, out_channels=3, kernel_size=3, stride=2, padding=1, shape=(3, 2, 7, 7)),
+    dict(in_channels=3, out_channels=2, kernel_size=(2, 3), stride=1, padding=2, shape=(2, 3, 5, 6)),
+    dict(in_channels=2, out_channels=2, kernel_size=3, stride=3, padding=0, shape=(1, 2, 9, 10), bias=False),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c['kernel_size']}s{c['stride']}p{c['padding']}")
+def test_conv_gradients(backend, rng, case):
+    case = dict(case)
+    shape = case.pop("shape")
+    conv = Conv2D(**case, rng=3)
+    assert_gradients_ok(conv, _x(backend, rng, shape))
+
+
+def test_stacked_conv_gradients(backend, rng):
+    model = Sequential(Conv2D(1, 3, 3, padding=1, rng=1), Tanh(), Conv2D(3, 2, 3, stride=2, rng=2), Sigmoid())
+    results = assert_gradients_ok(model, _x(backend, rng, (2, 1, 7, 7)))
+    assert {r.name for r in results} == {"input", "0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+@pytest.mark.parametrize("layer", [
+    lambda: Dense(6, 4, rng=5), lambda: Dense(6, 1, bias=False, rng=5),
+    lambda: Sigmoid(), lambda: Tanh(), lambda: ReLU(), lambda: Flatten(),
+], ids=["dense", "dense-nobias", "sigmoid", "tanh", "relu", "flatten"])
+def test_simple_layer_gradients(backend, rng, layer):
+    layer = layer()
+    shape = (3, 6) if isinstance(layer, Dense) else (3, 2, 2, 3)
+    assert_gradients_ok(layer, _x(backend, rng, shape))
+
+
+@pytest.mark.parametrize("cls,kernel,stride,shape", [
+    (MaxPool2D, 2, None, (2, 3, 6, 6)), (MaxPool2D, 3, 2, (2, 2, 7, 8)),
+    (AvgPool2D, 2, None, (2, 3, 6, 6)), (AvgPool2D, 3, 1, (1, 2, 5, 5)),
+])
+def test_pool_gradients(backend, rng, cls, kernel, stride, shape):
+    assert_gradients_ok(cls(kernel, stride), _x(backend, rng, shape))
+
+
+def test_article_network_gradients(backend, rng):
+    """The article's network (conv 5x5 x3, sigmoid, dense -> 1, sigmoid) with its loss."""
+    model = Sequential(Conv2D(1, 3, 5, init="uniform", rng=0), Sigmoid(), Flatten(),
+                       Dense(3 * 6 * 6, 1, init="uniform", rng=1), Sigmoid())
+    x = backend.asarray(rng.random((4, 1, 10, 10)), "float64")
+    target = backend.asarray(np.array([[0.0], [1.0], [1.0], [0.0]]), "float64")
+    assert_gradients_ok(model, x, loss=xpcnn.MSELoss(), target=target, rtol=1e-4)
+
+
+# -- dtype, device and portability -------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_outputs_keep_dtype_and_device(backend, rng, dtype):
+    model = Sequential(Conv2D(1, 2, 3, padding=1), ReLU(), MaxPool2D(2), AvgPool2D(2), Flatten(), Dense(8, 3), Tanh())
+    model.to(backend, dtype=dtype)
+    x = _x(backend, rng, (2, 1, 8, 8), dtype)
+    out = model(x)
+    grad = model.backward(backend.xp.ones_like(out))
+    import array_api_compat
+    for array in [out, grad, *model.grads.values()]:
+        assert str(array.dtype).endswith(dtype)
+        assert array_api_compat.device(array) == backend.device
+
+
+def test_sigmoid_is_finite_and_quiet_at_extremes(backend):
+    import warnings
+    x = backend.asarray(np.array([-1e4, -800.0, -40.0, 0.0, 40.0, 800.0, 1e4]), "float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = to_numpy(Sigmoid()(x))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, [0, 0, 0, 0.5, 1, 1, 1], atol=1e-7)
+
+
+def test_maxpool_routes_gradient_to_the_maximum(backend):
+    x = backend.asarray(np.array([[[[1.0, 5.0], [3.0, 2.0]]]]), "float64")
+    pool = MaxPool2D(2)
+    assert float(to_numpy(pool(x)).item()) == 5.0
+    grad = to_numpy(pool.backward(backend.asarray(np.array([[[[2.0]]]]), "float64")))
+    np.testing.assert_array_equal(grad[0, 0], [[0, 2], [0, 0]])
+
+
+# -- validation ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(in_channels=1, out_channels=2, kernel_size=0), "kernel_size must be >= 1"),
+    (dict(in_channels=1, out_channels=2, kernel_size=3, stride=0), "stride must be >= 1"),
+    (dict(in_channels=1, out_channels=2, kernel_size=3, padding=-1), "padding must be >= 0"),
+    (dict(in_channels=1, out_channels=2, kernel_size=2.5), "kernel_size must be an integer"),
+    (dict(in_channels=0, out_channels=2, kernel_size=3), "in_channels must be >= 1"),
+])
+def test_conv_rejects_bad_construction(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        Conv2D(**kwargs)
+
+
+def test_conv_rejects_wrong_input_shapes(rng):
+    conv = Conv2D(3, 4, 5)
+    with pytest.raises(ValueError, match=r"Conv2D: expected input of shape \(N, 3, H, W\), got shape \(2, 1, 28, 28\)"):
+        conv(rng.random((2, 1, 28, 28)))
+    with pytest.raises(ValueError, match=r"Conv2D: expected input of shape \(N, 3, H, W\), got shape \(3, 28, 28\)"):
+        conv(rng.random((3, 28, 28)))
+    with pytest.raises(ValueError, match="kernel 5x5 is larger than the padded input 4x4"):
+        conv(rng.random((1, 3, 4, 4)))
+
+
+def test_layers_reject_integer_and_mismatched_inputs(rng):
+    with pytest.raises(TypeError, match="Conv2D: expected a floating-point input, got dtype int64"):
+        Conv2D(1, 1, 3)(np.ones((1, 1, 5, 5), dtype=np.int64))
+    with pytest.raises(TypeError, match="Dense: expected a floating-point input, got dtype bool"):
+        Dense(4, 2)(np.ones((2, 4), dtype=bool))
+    with pytest.raises(ValueError, match=r"Dense: expected input of shape \(N, 4\), got shape \(2, 5\)"):
+        Dense(4, 2)(rng.random((2, 5)))
+    with pytest.raises(TypeError, match="input dtype float32 does not match parameter dtype float64"):
+        Dense(4, 2)(rng.random((2, 4)).astype(np.float32))
+
+
+def test_mixing_libraries_names_both():
+    torch = pytest.importorskip("torch")
+    dense = Dense(4, 2)  # numpy parameters
+    with pytest.raises(TypeError, match=r"Dense.forward: arrays from different libraries.*numpy.ndarray and torch.Tensor"):
+        dense(torch.ones((2, 4), dtype=torch.float64))
+
+
+def test_mixing_devices_names_both():
+    pytest.importorskip("array_api_strict")
+    dense = Dense(4, 2).to("array_api_strict", "device1")
+    x = xpcnn.resolve("array_api_strict", "device2").asarray(np.ones((2, 4)), "float64")
+    with pytest.raises(ValueError, match="arrays on different devices mixed in one call: device2 and device1"):
+        dense(x)

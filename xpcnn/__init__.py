@@ -1,0 +1,17 @@
+"""xpcnn: a convolutional neural network from scratch on the Python array API."""
+
+from .backend import Backend, BackendError, resolve, to_numpy, from_numpy, transfer, available
+from .layers import Conv2D, Dense, Sigmoid, Tanh, ReLU, Flatten, MaxPool2D, AvgPool2D
+from .model import Sequential, StateDictError
+from .losses import MSELoss, BCELoss, SoftmaxCrossEntropyLoss
+from .optim import SGD, Adam
+from .gradcheck import check_gradients, assert_gradients_ok
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend", "BackendError", "resolve", "to_numpy", "from_numpy", "transfer", "available",
+    "Conv2D", "Dense", "Sigmoid", "Tanh", "ReLU", "Flatten", "MaxPool2D", "AvgPool2D",
+    "Sequential", "StateDictError", "MSELoss", "BCELoss", "SoftmaxCrossEntropyLoss", "SGD", "Adam",
+    "check_gradients", "assert_gradients_ok",
+]

@@ -1,0 +1,42 @@
+"""Weight initialisers.  They run on the host with ``numpy.random.Generator`` and
+return float64 NumPy arrays; :meth:`xpcnn.layers.Layer.to` then moves them to a
+backend.  That way every backend starts from bit-identical weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+INITIALISERS = ("uniform", "glorot", "he")
+
+
+def make_weight(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                scheme: str) -> np.ndarray:
+    """A weight array of ``shape`` drawn by ``scheme``:
+
+    * ``uniform`` - U[0, 1), as in the source article;
+    * ``glorot``  - U[-a, a) with a = sqrt(6 / (fan_in + fan_out));
+    * ``he``      - N(0, 2 / fan_in).
+    """
+    if scheme == "uniform":
+        return rng.random(shape)
+    if scheme == "glorot":
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, size=shape)
+    if scheme == "he":
+        return rng.normal(0.0, math.sqrt(2.0 / fan_in), size=shape)
+    raise ValueError(f"unknown initialiser {scheme!r}; choose one of {', '.join(INITIALISERS)}")
+
+
+def make_bias(rng: np.random.Generator, size: int, scheme: str) -> np.ndarray:
+    """The article draws its bias from U[0, 1) too; the other schemes start at zero."""
+    if scheme == "uniform":
+        return rng.random(size)
+    return np.zeros(size)
+
+
+def as_generator(seed_or_rng) -> np.random.Generator:
+    if isinstance(seed_or_rng, np.random.Generator):
+        return seed_or_rng
+    return np.random.default_rng(seed_or_rng)

@@ -1,0 +1,326 @@
+"""Layers with hand-written forward and backward passes (batch-first, NCHW).
+
+Every layer takes its array namespace from its inputs (``namespace(...)``),
+creates new arrays on the inputs' device and dtype, and never mutates a
+parameter in place: an optimizer *replaces* ``layer.params[name]``.
+
+Notation follows the source article: X input, f filters, Z1 = X * f,
+A = sigma(Z1), Z2 = W^T.A + b, O = sigma(Z2).  ``*`` is cross-correlation
+(what deep-learning libraries call convolution).
+"""
+
+from __future__ import annotations
+
+import array_api_extra as xpx
+from array_api_compat import device as device_of
+
+from . import init as initialisers
+from .backend import Backend, namespace, resolve, transfer
+
+
+def _size(value, name: str, layer: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{layer}: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _pair(value, name: str, layer: str, minimum: int) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
+        return _size(value[0], name, layer, minimum), _size(value[1], name, layer, minimum)
+    value = _size(value, name, layer, minimum)
+    return value, value
+
+
+def _check_input(xp, x, layer: "Layer", ndim: int, expected: str):
+    if x.ndim != ndim:
+        raise ValueError(f"{layer.name}: expected input of shape {expected}, got shape {tuple(x.shape)}")
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{layer.name}: expected a floating-point input, got dtype {x.dtype}; "
+                        f"scale images to float first (xpcnn.data.to_batch does)")
+
+
+def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """(n + 2p - f) // s + 1, the article's n - f + 1 when s = 1 and p = 0."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _window(i: int, j: int, stride: int, out_h: int, out_w: int):
+    """The strided slice of a padded input that kernel offset (i, j) sees."""
+    return (slice(None), slice(None),
+            slice(i, i + stride * (out_h - 1) + 1, stride),
+            slice(j, j + stride * (out_w - 1) + 1, stride))
+
+
+def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
+    """(N, C, H, W) -> (N, C, kh*kw, out_h, out_w): one strided slice per kernel offset."""
+    return xp.stack([x[_window(i, j, stride, out_h, out_w)] for i in range(kh) for j in range(kw)], axis=2)
+
+
+def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int):
+    """Adjoint of :func:`im2col`: scatter-add each offset's slice back (array-api-extra ``at``)."""
+    out_h, out_w = cols.shape[3], cols.shape[4]
+    grad = xp.zeros(padded_shape, dtype=cols.dtype, device=device_of(cols))
+    for k in range(kh * kw):
+        i, j = divmod(k, kw)
+        grad = xpx.at(grad)[_window(i, j, stride, out_h, out_w)].add(cols[:, :, k, ...], xp=xp)
+    return grad
+
+
+class Layer:
+    """A layer: ``forward(x)``, ``backward(grad_out) -> grad_in``, and named
+    ``params`` / ``grads`` dictionaries (empty for parameter-free layers)."""
+
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def config(self) -> dict:
+        """Constructor arguments, enough to rebuild the architecture."""
+        return {}
+
+    def to(self, backend, device=None, dtype: str | None = None):
+        """Move parameters to ``backend`` (a :class:`Backend` or a name) and ``dtype``."""
+        if not isinstance(backend, Backend):
+            backend = resolve(backend, device)
+        self.params = {k: transfer(v, backend, dtype) for k, v in self.params.items()}
+        self.grads = {}
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{self.name}({args})"
+
+
+class Conv2D(Layer):
+    """Z1 = X * f + b: cross-correlation of the input with ``out_channels`` filters.
+
+    Output size per spatial axis: (n + 2p - f) // s + 1 (the article's n - f + 1).
+    Backward, with G = dE/dZ1:
+        dE/df = X * G    (each filter's gradient correlates its input with G, summed over the batch)
+        dE/db = sum of G over batch and positions
+        dE/dX = G convolved "full" with f rotated 180 degrees (here: col2im of f^T.G)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 init="he", rng=0):
+        super().__init__()
+        self.in_channels = _size(in_channels, "in_channels", "Conv2D", 1)
+        self.out_channels = _size(out_channels, "out_channels", "Conv2D", 1)
+        self.kh, self.kw = _pair(kernel_size, "kernel_size", "Conv2D", 1)
+        self.stride = _size(stride, "stride", "Conv2D", 1)
+        self.padding = _size(padding, "padding", "Conv2D", 0)
+        self.bias, self.init = bool(bias), init
+        rng = initialisers.as_generator(rng)
+        fan_in = self.in_channels * self.kh * self.kw
+        shape = (self.out_channels, self.in_channels, self.kh, self.kw)
+        self.params["weight"] = initialisers.make_weight(rng, shape, fan_in, self.out_channels * self.kh * self.kw, init)
+        if self.bias:
+            self.params["bias"] = initialisers.make_bias(rng, self.out_channels, init)
+
+    def config(self):
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=(self.kh, self.kw),
+                    stride=self.stride, padding=self.padding, bias=self.bias)
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        p = self.padding
+        if height + 2 * p < self.kh or width + 2 * p < self.kw:
+            raise ValueError(f"{self.name}: kernel {self.kh}x{self.kw} is larger than the padded input "
+                             f"{height + 2 * p}x{width + 2 * p}")
+        return (self.out_channels, _output_size(height, self.kh, self.stride, p),
+                _output_size(width, self.kw, self.stride, p))
+
+    def forward(self, x):
+        weight, bias = self.params["weight"], self.params.get("bias")
+        xp = namespace(x, weight, bias, where=f"{self.name}.forward")
+        _check_input(xp, x, self, 4, f"(N, {self.in_channels}, H, W)")
+        n, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"{self.name}: expected input of shape (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        _, out_h, out_w = self.output_shape(h, w)
+        if x.dtype != weight.dtype:
+            raise TypeError(f"{self.name}: input dtype {x.dtype} does not match parameter dtype {weight.dtype}")
+        p = self.padding
+        padded = xpx.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), xp=xp) if p else x
+        cols = im2col(xp, padded, self.kh, self.kw, self.stride, out_h, out_w)
+        cols = xp.reshape(cols, (n, c * self.kh * self.kw, out_h * out_w))
+        z = xp.matmul(xp.reshape(weight, (self.out_channels, -1)), cols)  # (N, out, L)
+        if bias is not None:
+            z = z + bias[:, None]
+        self._cache = (cols, tuple(padded.shape), (out_h, out_w))
+        return xp.reshape(z, (n, self.out_channels, out_h, out_w))
+
+    def backward(self, grad_out):
+        cols, padded_shape, (out_h, out_w) = self._cache
+        weight = self.params["weight"]
+        xp = namespace(grad_out, weight, where=f"{self.name}.backward")
+        n = grad_out.shape[0]
+        grad_z = xp.reshape(grad_out, (n, self.out_channels, out_h * out_w))
+        self.grads["weight"] = xp.reshape(xp.tensordot(grad_z, cols, axes=([0, 2], [0, 2])), weight.shape)
+        if self.bias:
+            self.grads["bias"] = xp.sum(grad_z, axis=(0, 2))
+        grad_cols = xp.matmul(xp.reshape(weight, (self.out_channels, -1)).T, grad_z)  # (N, C*K, L)
+        grad_cols = xp.reshape(grad_cols, (n, self.in_channels, self.kh * self.kw, out_h, out_w))
+        grad_padded = col2im(xp, grad_cols, padded_shape, self.kh, self.kw, self.stride)
+        p = self.padding
+        return grad_padded[:, :, p:padded_shape[2] - p, p:padded_shape[3] - p] if p else grad_padded
+
+
+class Dense(Layer):
+    """Z2 = X.W + b with W of shape (in_features, out_features), the article's
+    W (m inputs x n neurons), so one row of Z2 is W^T.A + b.
+
+    Backward, with G = dE/dZ2: dE/dW = X^T.G, dE/db = sum of G over the batch, dE/dX = G.W^T.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, init="glorot", rng=0):
+        super().__init__()
+        self.in_features = _size(in_features, "in_features", "Dense", 1)
+        self.out_features = _size(out_features, "out_features", "Dense", 1)
+        self.bias, self.init = bool(bias), init
+        rng = initialisers.as_generator(rng)
+        shape = (self.in_features, self.out_features)
+        self.params["weight"] = initialisers.make_weight(rng, shape, self.in_features, self.out_features, init)
+        if self.bias:
+            self.params["bias"] = initialisers.make_bias(rng, self.out_features, init)
+
+    def config(self):
+        return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias)
+
+    def forward(self, x):
+        weight, bias = self.params["weight"], self.params.get("bias")
+        xp = namespace(x, weight, bias, where=f"{self.name}.forward")
+        _check_input(xp, x, self, 2, f"(N, {self.in_features})")
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"{self.name}: expected input of shape (N, {self.in_features}), got shape {tuple(x.shape)}")
+        if x.dtype != weight.dtype:
+            raise TypeError(f"{self.name}: input dtype {x.dtype} does not match parameter dtype {weight.dtype}")
+        self._input = x
+        z = xp.matmul(x, weight)
+        return z + bias if bias is not None else z
+
+    def backward(self, grad_out):
+        x, weight = self._input, self.params["weight"]
+        xp = namespace(grad_out, weight, where=f"{self.name}.backward")
+        self.grads["weight"] = xp.matmul(x.T, grad_out)
+        if self.bias:
+            self.grads["bias"] = xp.sum(grad_out, axis=0)
+        return xp.matmul(grad_out, weight.T)
+
+
+class Sigmoid(Layer):
+    """A = sigma(Z) = 1 / (1 + e^-Z), computed as (1 + tanh(Z/2)) / 2: no overflow
+    for any |Z|.  Backward: dA/dZ = A (1 - A)."""
+
+    def forward(self, x):
+        xp = namespace(x, where=f"{self.name}.forward")
+        self._output = 0.5 * xp.tanh(0.5 * x) + 0.5
+        return self._output
+
+    def backward(self, grad_out):
+        a = self._output
+        return grad_out * (a * (1.0 - a))
+
+
+class Tanh(Layer):
+    """A = tanh(Z); backward dA/dZ = 1 - A^2."""
+
+    def forward(self, x):
+        xp = namespace(x, where=f"{self.name}.forward")
+        self._output = xp.tanh(x)
+        return self._output
+
+    def backward(self, grad_out):
+        a = self._output
+        return grad_out * (1.0 - a * a)
+
+
+class ReLU(Layer):
+    """A = max(Z, 0); backward passes the gradient where Z > 0."""
+
+    def forward(self, x):
+        xp = namespace(x, where=f"{self.name}.forward")
+        self._mask = xp.astype(x > 0, x.dtype)
+        return x * self._mask
+
+    def backward(self, grad_out):
+        return grad_out * self._mask
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W), the article's flattening of the feature maps before the dense layer."""
+
+    def forward(self, x):
+        xp = namespace(x, where=f"{self.name}.forward")
+        self._shape = tuple(x.shape)
+        return xp.reshape(x, (x.shape[0], -1))
+
+    def backward(self, grad_out):
+        xp = namespace(grad_out, where=f"{self.name}.backward")
+        return xp.reshape(grad_out, self._shape)
+
+
+class _Pool2D(Layer):
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kh, self.kw = _pair(kernel_size, "kernel_size", self.name, 1)
+        self.stride = self.kh if stride is None else _size(stride, "stride", self.name, 1)
+        if stride is None and self.kh != self.kw:
+            raise ValueError(f"{self.name}: give a stride for a non-square kernel {self.kh}x{self.kw}")
+
+    def config(self):
+        return dict(kernel_size=(self.kh, self.kw), stride=self.stride)
+
+    def _windows(self, x):
+        xp = namespace(x, where=f"{self.name}.forward")
+        _check_input(xp, x, self, 4, "(N, C, H, W)")
+        h, w = x.shape[2], x.shape[3]
+        if h < self.kh or w < self.kw:
+            raise ValueError(f"{self.name}: kernel {self.kh}x{self.kw} is larger than the input {h}x{w} "
+                             f"(input shape {tuple(x.shape)})")
+        out_h, out_w = _output_size(h, self.kh, self.stride, 0), _output_size(w, self.kw, self.stride, 0)
+        self._input_shape = tuple(x.shape)
+        return xp, im2col(xp, x, self.kh, self.kw, self.stride, out_h, out_w)  # (N, C, K, oh, ow)
+
+
+class MaxPool2D(_Pool2D):
+    """Maximum over each kh x kw window; backward routes the gradient to the
+    (first) maximum of each window."""
+
+    def forward(self, x):
+        xp, cols = self._windows(x)
+        self._argmax = xp.argmax(cols, axis=2)
+        return xp.max(cols, axis=2)
+
+    def backward(self, grad_out):
+        xp = namespace(grad_out, self._argmax, where=f"{self.name}.backward")
+        offsets = xp.arange(self.kh * self.kw, device=device_of(grad_out))[:, None, None]
+        mask = xp.astype(self._argmax[:, :, None, ...] == offsets, grad_out.dtype)
+        return col2im(xp, mask * grad_out[:, :, None, ...], self._input_shape, self.kh, self.kw, self.stride)
+
+
+class AvgPool2D(_Pool2D):
+    """Mean over each kh x kw window; backward spreads grad / (kh*kw) over the window."""
+
+    def forward(self, x):
+        xp, cols = self._windows(x)
+        return xp.mean(cols, axis=2)
+
+    def backward(self, grad_out):
+        xp = namespace(grad_out, where=f"{self.name}.backward")
+        k = self.kh * self.kw
+        cols = xp.broadcast_to(grad_out[:, :, None, ...] / k, (*grad_out.shape[:2], k, *grad_out.shape[2:]))
+        return col2im(xp, cols, self._input_shape, self.kh, self.kw, self.stride)
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, Dense, Sigmoid, Tanh, ReLU, Flatten, MaxPool2D, AvgPool2D)}

@@ -1,0 +1,130 @@
+"""``Sequential``: a stack of layers with named parameters, state dicts and moves
+between backends."""
+
+from __future__ import annotations
+
+from .backend import Backend, backend_of, dtype_name, resolve, to_numpy, transfer
+from .layers import LAYER_TYPES, Layer
+
+
+class StateDictError(ValueError):
+    """A state dict that does not fit the model; the message lists every difference."""
+
+
+class Sequential(Layer):
+    """Layers applied in order.  Parameter names are ``"<index>.<param>"``
+    (``"0.weight"``, ``"3.bias"``), stable across backends and checkpoints."""
+
+    def __init__(self, *layers: Layer):
+        super().__init__()
+        self.layers = list(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_out):
+        for layer in reversed(self.layers):
+            grad_out = layer.backward(grad_out)
+        return grad_out
+
+    # -- parameters -------------------------------------------------------
+    def named_parameters(self):
+        for index, layer in enumerate(self.layers):
+            for name, value in layer.params.items():
+                yield f"{index}.{name}", value
+
+    def named_gradients(self):
+        for index, layer in enumerate(self.layers):
+            for name, value in layer.grads.items():
+                yield f"{index}.{name}", value
+
+    def _owner(self, qualified: str) -> tuple[Layer, str]:
+        index, _, name = qualified.partition(".")
+        return self.layers[int(index)], name
+
+    def set_parameter(self, qualified: str, value) -> None:
+        """Replace (never mutate) one parameter: what optimizers call."""
+        layer, name = self._owner(qualified)
+        layer.params[name] = value
+
+    @property
+    def params(self):
+        return dict(self.named_parameters())
+
+    @params.setter
+    def params(self, value):  # Layer.__init__ assigns {}; a Sequential keeps none of its own
+        pass
+
+    @property
+    def grads(self):
+        return dict(self.named_gradients())
+
+    @grads.setter
+    def grads(self, value):
+        pass
+
+    @property
+    def backend(self) -> Backend:
+        first = next(self.named_parameters(), None)
+        return backend_of(first[1]) if first else resolve("numpy")
+
+    @property
+    def dtype(self) -> str:
+        first = next(self.named_parameters(), None)
+        return dtype_name(first[1]) if first else "float64"
+
+    def to(self, backend, device=None, dtype: str | None = None):
+        if not isinstance(backend, Backend):
+            backend = resolve(backend, device)
+        for layer in self.layers:
+            layer.to(backend, dtype=dtype)
+        return self
+
+    # -- architecture and state ----------------------------------------------
+    def config(self) -> list[dict]:
+        return [{"type": layer.name, **layer.config()} for layer in self.layers]
+
+    @classmethod
+    def from_config(cls, config: list[dict]) -> "Sequential":
+        layers = []
+        for entry in config:
+            entry = dict(entry)
+            kind = entry.pop("type")
+            if kind not in LAYER_TYPES:
+                raise ValueError(f"unknown layer type {kind!r} in architecture")
+            for key in ("kernel_size",):
+                if isinstance(entry.get(key), list):
+                    entry[key] = tuple(entry[key])
+            layers.append(LAYER_TYPES[kind](**entry))
+        return cls(*layers)
+
+    def state_dict(self) -> dict:
+        """Parameters as host NumPy arrays under their stable names."""
+        return {name: to_numpy(value).copy() for name, value in self.named_parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load host (or any backend's) arrays.  Everything is checked first; on any
+        missing or extra name, wrong shape or wrong dtype nothing changes."""
+        current = dict(self.named_parameters())
+        problems = [f"missing: {name}" for name in current if name not in state]
+        problems += [f"unexpected: {name}" for name in state if name not in current]
+        for name, value in current.items():
+            if name not in state:
+                continue
+            new = state[name]
+            if tuple(new.shape) != tuple(value.shape):
+                problems.append(f"{name}: shape {tuple(new.shape)} in the state, {tuple(value.shape)} in the model")
+            elif dtype_name(new) != dtype_name(value):
+                problems.append(f"{name}: dtype {dtype_name(new)} in the state, {dtype_name(value)} in the model")
+        if problems:
+            raise StateDictError("state dict does not fit the model: " + "; ".join(problems))
+        target = self.backend
+        moved = {name: transfer(state[name], target) for name in current}
+        for name, value in moved.items():
+            self.set_parameter(name, value)
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner}\n)"

@@ -1,0 +1,93 @@
+"""Optimizers.  ``step(model)`` reads ``model.named_gradients()`` and *replaces*
+each parameter with ``model.set_parameter`` (no in-place update, so JAX's
+immutable arrays work).  State is saved by parameter name."""
+
+from __future__ import annotations
+
+import math
+
+from .backend import namespace, to_numpy, transfer, backend_of
+
+
+class Optimizer:
+    def __init__(self, lr: float):
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"{type(self).__name__}: learning rate must be a positive number, got {lr!r}")
+        self.lr = float(lr)
+        self.state: dict[str, dict] = {}
+        self.steps = 0
+
+    def step(self, model) -> None:
+        self.steps += 1
+        params = dict(model.named_parameters())
+        for name, grad in model.named_gradients():
+            param = params[name]
+            namespace(param, grad, where=f"{type(self).__name__}.step({name})")
+            model.set_parameter(name, self.update(name, param, grad))
+
+    def update(self, name, param, grad):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Host NumPy copies: ``{"steps": n, "<param>/<slot>": array}``."""
+        flat = {"steps": self.steps}
+        for name, slots in self.state.items():
+            for slot, value in slots.items():
+                flat[f"{name}/{slot}"] = to_numpy(value).copy()
+        return flat
+
+    def load_state_dict(self, flat: dict, like_model) -> None:
+        """Load state saved by :meth:`state_dict`, moved to ``like_model``'s backend."""
+        params = dict(like_model.named_parameters())
+        state: dict[str, dict] = {}
+        for key, value in flat.items():
+            if key == "steps":
+                continue
+            name, _, slot = key.partition("/")
+            if name not in params:
+                raise ValueError(f"optimizer state names parameter {name!r}, which the model does not have")
+            state.setdefault(name, {})[slot] = transfer(value, backend_of(params[name]))
+        self.state = state
+        self.steps = int(flat.get("steps", 0))
+
+
+class SGD(Optimizer):
+    """The article's rule, new = old - lr * grad; with ``momentum`` m > 0:
+    v = m v + grad, new = old - lr * v (PyTorch's convention)."""
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0):
+        super().__init__(lr)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+
+    def update(self, name, param, grad):
+        if self.momentum == 0.0:
+            return param - self.lr * grad
+        slots = self.state.setdefault(name, {})
+        velocity = grad if "velocity" not in slots else self.momentum * slots["velocity"] + grad
+        slots["velocity"] = velocity
+        return param - self.lr * velocity
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2,
+    new = old - lr * m_hat / (sqrt(v_hat) + eps) with bias-corrected m_hat, v_hat."""
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(lr)
+        self.beta1, self.beta2 = map(float, betas)
+        self.eps = float(eps)
+
+    def update(self, name, param, grad):
+        xp = namespace(param, grad)
+        slots = self.state.setdefault(name, {})
+        m = (1 - self.beta1) * grad if "m" not in slots else self.beta1 * slots["m"] + (1 - self.beta1) * grad
+        v = (1 - self.beta2) * grad * grad if "v" not in slots else self.beta2 * slots["v"] + (1 - self.beta2) * grad * grad
+        slots["m"], slots["v"] = m, v
+        m_hat = m / (1 - self.beta1 ** self.steps)
+        v_hat = v / (1 - self.beta2 ** self.steps)
+        return param - self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
+
+
+OPTIMIZERS = {"sgd": SGD, "momentum": SGD, "adam": Adam}
