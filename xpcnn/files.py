@@ -1,0 +1,51 @@
+"""Atomic file writes: write to a temporary name in the same folder, flush and
+fsync, then ``os.replace``.  A crash or kill mid-write leaves the previous file
+intact and at most a stray ``.tmp-*`` file, never a half-written target."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """``with atomic_write(path) as handle: handle.write(...)``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, data) -> None:
+    with atomic_write(path, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def check_writable_dir(path: str | os.PathLike) -> str | None:
+    """None if ``path`` is (or can be made) a writable folder, else why not."""
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {path!r}: {exc.strerror}"
+    if not os.path.isdir(path):
+        return f"{path!r} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return f"cannot write in {path!r}: {exc.strerror}"
+    return None
