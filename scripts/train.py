@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Train xpcnn on MNIST: ``python scripts/train.py --help``."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from xpcnn.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

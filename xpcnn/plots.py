@@ -1,0 +1,88 @@
+"""PNG plots (matplotlib, the 'plot' extra), each written atomically."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .backend import to_numpy
+from .data import to_batch
+from .files import atomic_write
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_run(trainer, metrics: dict, digit: np.ndarray, out: str) -> list[str]:
+    """curves.png (loss and validation accuracy), filters.png (first conv layer),
+    feature_maps.png (first conv layer's output for one digit)."""
+    plt = _pyplot()
+    history = metrics["history"]
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = metrics["step_losses"]
+    left.plot(np.arange(1, len(steps) + 1) / max(1, len(steps) / max(1, len(epochs))), steps, lw=0.6, alpha=0.5,
+              label="per step")
+    left.plot(epochs, [h["loss"] for h in history], "o-", label="epoch mean")
+    left.set(xlabel="epoch", ylabel="training loss", title="loss")
+    left.legend()
+    if any(h["val_accuracy"] is not None for h in history):
+        right.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", color="tab:green")
+    right.set(xlabel="epoch", ylabel="validation accuracy (%)", title="accuracy")
+    paths = [_save(fig, os.path.join(out, "curves.png"))]
+
+    conv = trainer.model.layers[0]
+    filters = to_numpy(conv.params["weight"])[:, 0]
+    columns = min(8, len(filters))
+    rows = -(-len(filters) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, kernel in zip(axes.flat, filters):
+        ax.imshow(kernel, cmap="RdBu_r", vmin=-np.abs(kernel).max(), vmax=np.abs(kernel).max())
+    fig.suptitle("learned filters f (first conv layer)")
+    paths.append(_save(fig, os.path.join(out, "filters.png")))
+
+    maps = to_numpy(conv(to_batch(digit[None], trainer.backend, trainer.config.dtype)))[0]
+    fig, axes = plt.subplots(rows, columns + 1, figsize=(1.3 * (columns + 1), 1.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].imshow(digit, cmap="gray")
+    axes[0, 0].set_title("X", fontsize=8)
+    for index, fmap in enumerate(maps):
+        ax = axes[index // columns, 1 + index % columns]
+        ax.imshow(fmap, cmap="viridis")
+    fig.suptitle("feature maps Z1 = X * f of one digit")
+    paths.append(_save(fig, os.path.join(out, "feature_maps.png")))
+    return paths
+
+
+def plot_parity(report: dict, path: str) -> str:
+    """Per-step loss of each backend, and each one's |difference| to the first."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    reference = np.array(report["backends"][0]["step_losses"])
+    for run in report["backends"]:
+        top.plot(run["step_losses"], lw=0.8, label=run["backend"])
+    for run in report["backends"][1:]:
+        diff = np.abs(np.array(run["step_losses"]) - reference)
+        bottom.semilogy(np.maximum(diff, 1e-18), lw=0.8, label=f"{run['backend']} - {report['backends'][0]['backend']}")
+    top.set(ylabel="training loss", title=f"parity {report['result']} ({report['dtype']})")
+    bottom.set(xlabel="step", ylabel="|loss difference|")
+    top.legend()
+    bottom.legend()
+    return _save(fig, path)
