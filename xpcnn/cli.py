@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="sgd (the article's rule), momentum, adam")
     p.add_argument("--momentum", type=float, help="momentum for --optimizer momentum (default 0.9)")
+    p.add_argument("--init", choices=("uniform", "glorot", "he"),
+                   help="weight initialiser (preset default: article uniform U[0,1), default he)")
     p.add_argument("--seed", type=int, help="seed for weights, batch order and augmentation (default 0)")
     p.add_argument("--dtype", choices=DTYPES, help="float32 (default) or float64")
     p.add_argument("--out", default=os.path.join("runs", "latest"), help="folder for metrics.json, checkpoint.npz, plots")
@@ -94,7 +96,7 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
 def _config(args, base: Config | None = None) -> Config:
     config = base or PRESETS[args.preset]
     overrides = {k: v for k, v in dict(task=args.task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                       optimizer=args.optimizer, momentum=args.momentum, seed=args.seed,
+                                       optimizer=args.optimizer, momentum=args.momentum, seed=args.seed, init=args.init,
                                        dtype=args.dtype).items() if v is not None}
     if base is not None:  # resuming: only the length of the run may change
         overrides = {k: v for k, v in overrides.items() if k == "epochs"}

@@ -7,6 +7,7 @@ read together (for the progress bar, the divergence check and the history).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -238,9 +239,10 @@ class Trainer:
         """Continue from a checkpoint (made on any backend).  Architecture and dtype
         must match; everything is checked before anything changes."""
         model_state, optimizer_state, meta = ckpt.load(path)
-        if meta["architecture"] != self.model.config():
-            raise ckpt.CheckpointError(f"{path}: architecture {meta['architecture']} does not match this model "
-                                       f"{self.model.config()}")
+        mine = json.loads(json.dumps(self.model.config()))  # tuples -> lists, as stored
+        if meta["architecture"] != mine:
+            raise ckpt.CheckpointError(f"{path}: architecture {_layers(meta['architecture'])} does not match this "
+                                       f"model {_layers(mine)}")
         try:
             self.model.load_state_dict(model_state)
             self.optimizer.load_state_dict(optimizer_state, self.model)
@@ -261,6 +263,10 @@ def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     rows = dy[:, None] + np.arange(h)[None, :]  # (n, h)
     cols = dx[:, None] + np.arange(w)[None, :]  # (n, w)
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _layers(config: list[dict]) -> str:
+    return "-".join(entry["type"] for entry in config) + f" ({sum(1 for _ in config)} layers)" if config else "[]"
 
 
 def config_from_checkpoint(path) -> Config:

@@ -1,0 +1,178 @@
+"""scripts/train.py: usage errors (exit 2), a real run, parity, interruption and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from xpcnn import data
+from xpcnn.cli import main
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+SCRIPT = os.path.join(ROOT, "scripts", "train.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    """A 400 + 100 image mnist.npz made from the embedded digits."""
+    dataset = data.load_embedded()
+    path = tmp_path_factory.mktemp("data") / "mnist.npz"
+    np.savez(path, x_train=dataset.train.images[:400], y_train=dataset.train.labels[:400],
+             x_test=dataset.validation.images[:100], y_test=dataset.validation.labels[:100])
+    return str(path)
+
+
+def usage_error(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert err.startswith("usage: train.py") and last.startswith("train.py: error: ") and "Traceback" not in err, err
+    return last
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--backend", "mxnet"], "argument --backend: invalid choice: 'mxnet'"),
+    (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
+    (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["--data", "/nonexistent/mnist"], "--data: /nonexistent/mnist: no such file or folder"),
+    (["--compare", "numpy"], "--compare needs at least two backends"),
+    (["--compare", "numpy,mxnet"], "--compare: unknown backend 'mxnet'"),
+    (["--backend", "numpy", "--device", "cuda"], "numpy runs on the cpu only"),
+    (["--backend", "array_api_strict", "--device", "device7"], "array_api_strict has no device 'device7'"),
+    (["--resume", "/nonexistent/checkpoint.npz"], "--resume: /nonexistent/checkpoint.npz: no such checkpoint"),
+])
+def test_usage_errors_exit_2(capsys, tmp_path, argv, message):
+    assert message in usage_error(capsys, *argv, "--out", str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out" / "metrics.json")
+
+
+def test_unwritable_out(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert "--out: cannot create" in usage_error(capsys, "--out", str(blocker / "sub"))
+
+
+def test_gpu_without_gpu_is_one_line(capsys, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    line = usage_error(capsys, "--backend", "torch", "--device", "cuda", "--out", str(tmp_path))
+    assert "--device cuda needs a CUDA GPU" in line
+    line = usage_error(capsys, "--device", "cuda", "--out", str(tmp_path))  # picks cupy
+    assert "cupy" in line and ("not available" in line or "no CUDA GPU" in line)
+
+
+def test_corrupt_data_file_exit_2(capsys, tmp_path):
+    bad = tmp_path / "mnist.npz"
+    bad.write_bytes(b"not a zip")
+    assert "not a readable .npz file" in usage_error(capsys, "--data", str(bad), "--out", str(tmp_path / "o"))
+
+
+def test_full_run_writes_metrics_checkpoint_and_plots(capsys, tmp_path, tiny_npz):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    code = main(["--data", tiny_npz, "--eval-data", tiny_npz, "--epochs", "2", "--out", str(out), "--plot", "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "epoch   1/2  loss" in text and "img/s" in text and "final test" in text and "confusion matrix" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and 0 <= metrics["final"]["accuracy"] <= 1
+    assert np.array(metrics["final"]["confusion_matrix"]).sum() == 100
+    for name in ["checkpoint.npz", "curves.png", "filters.png", "feature_maps.png"]:
+        assert (out / name).stat().st_size > 0
+    assert not [f for f in os.listdir(out) if ".tmp-" in f]
+
+
+def test_compare_writes_parity_json(capsys, tmp_path, tiny_npz):
+    out = tmp_path / "p"
+    code = main(["--compare", "numpy,array_api_strict:device1", "--data", tiny_npz, "--dtype", "float64",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    assert "parity PASS (float64" in capsys.readouterr().out
+    report = json.loads((out / "parity.json").read_text())
+    assert report["result"] == "PASS" and report["dtype"] == "float64"
+
+
+def test_compare_fail_exits_1(capsys, tmp_path, tiny_npz):
+    pytest.importorskip("torch")
+    code = main(["--compare", "numpy,torch", "--data", tiny_npz, "--rtol", "0", "--atol", "0", "--out", str(tmp_path),
+                 "--quiet"])
+    assert code == 1 and "parity FAIL" in capsys.readouterr().out
+
+
+def test_divergence_exit_3_keeps_last_checkpoint(capsys, tmp_path, tiny_npz):
+    out = tmp_path / "d"
+    assert main(["--data", tiny_npz, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    with np.errstate(all="ignore"):
+        code = main(["--data", tiny_npz, "--epochs", "2", "--lr", "1e30", "--optimizer", "sgd", "--out", str(out),
+                     "--quiet"])
+    assert code == 3
+    assert "training diverged: loss became" in capsys.readouterr().err
+    assert (out / "checkpoint.npz").read_bytes() == before
+
+
+def _run_script(args, **kwargs):
+    return subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_checkpoint_and_resume_is_bitwise(tmp_path, tiny_npz, signum):
+    common = ["--data", tiny_npz, "--batch-size", "20", "--epochs", "6", "--quiet"]
+    straight = _run_script([*common, "--out", str(tmp_path / "a")])
+    assert straight.wait(timeout=120) == 0, straight.stderr.read()
+
+    victim = _run_script([*common, "--out", str(tmp_path / "b")])
+    line = victim.stdout.readline()
+    while not line.startswith("epoch   2/6"):
+        assert line, victim.stderr.read()
+        line = victim.stdout.readline()
+    victim.send_signal(signum)
+    assert victim.wait(timeout=60) == 128 + signum
+    err = victim.stderr.read()
+    assert "saved" in err and "--resume" in err and "Traceback" not in err
+    resumed = _run_script(["--resume", str(tmp_path / "b" / "checkpoint.npz"), *common, "--out", str(tmp_path / "b")])
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    a = np.load(tmp_path / "a" / "checkpoint.npz")
+    b = np.load(tmp_path / "b" / "checkpoint.npz")
+    for key in a.files:
+        if key.startswith(("param/", "optim/")):
+            np.testing.assert_array_equal(a[key], b[key])
+    history_a = json.loads((tmp_path / "a" / "metrics.json").read_text())["step_losses"]
+    history_b = json.loads((tmp_path / "b" / "metrics.json").read_text())["step_losses"]
+    assert history_a == history_b
+
+
+WRITER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from xpcnn.files import atomic_write
+with atomic_write({path!r}) as handle:
+    handle.write(b"new" * 1000)
+    handle.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+    handle.write(b"never")
+"""
+
+
+def test_kill_during_write_leaves_previous_file(tmp_path):
+    target = tmp_path / "checkpoint.npz"
+    target.write_bytes(b"previous contents")
+    child = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT, path=str(target))],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.kill()
+    child.wait(timeout=30)
+    assert target.read_bytes() == b"previous contents"
