@@ -55,18 +55,20 @@ def _window(i: int, j: int, stride: int, out_h: int, out_w: int):
             slice(j, j + stride * (out_w - 1) + 1, stride))
 
 
-def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
-    """(N, C, H, W) -> (N, C, kh*kw, out_h, out_w): one strided slice per kernel offset."""
-    return xp.stack([x[_window(i, j, stride, out_h, out_w)] for i in range(kh) for j in range(kw)], axis=2)
+def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int, axis: int = 2):
+    """One strided slice of x (.., .., H, W) per kernel offset, stacked along ``axis``:
+    (A, B, H, W) -> (A, B, kh*kw, out_h, out_w) for axis 2, (A, kh*kw, B, out_h, out_w) for axis 1."""
+    return xp.stack([x[_window(i, j, stride, out_h, out_w)] for i in range(kh) for j in range(kw)], axis=axis)
 
 
-def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int):
+def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int, axis: int = 2):
     """Adjoint of :func:`im2col`: scatter-add each offset's slice back (array-api-extra ``at``)."""
-    out_h, out_w = cols.shape[3], cols.shape[4]
+    out_h, out_w = cols.shape[-2], cols.shape[-1]
     grad = xp.zeros(padded_shape, dtype=cols.dtype, device=device_of(cols))
     for k in range(kh * kw):
         i, j = divmod(k, kw)
-        grad = xpx.at(grad)[_window(i, j, stride, out_h, out_w)].add(cols[:, :, k, ...], xp=xp)
+        piece = cols[(slice(None),) * axis + (k, ...)]
+        grad = xpx.at(grad)[_window(i, j, stride, out_h, out_w)].add(piece, xp=xp)
     return grad
 
 
@@ -150,30 +152,39 @@ class Conv2D(Layer):
         _, out_h, out_w = self.output_shape(h, w)
         if x.dtype != weight.dtype:
             raise TypeError(f"{self.name}: input dtype {x.dtype} does not match parameter dtype {weight.dtype}")
+        # Channels-first layout (C, N, H, W): the columns become one (C*kh*kw, N*L) matrix and
+        # the whole batch is one matrix product f.cols instead of N small ones.
         p = self.padding
-        padded = xpx.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), xp=xp) if p else x
-        cols = im2col(xp, padded, self.kh, self.kw, self.stride, out_h, out_w)
-        cols = xp.reshape(cols, (n, c * self.kh * self.kw, out_h * out_w))
-        z = xp.matmul(xp.reshape(weight, (self.out_channels, -1)), cols)  # (N, out, L)
+        x_cn = xp.permute_dims(x, (1, 0, 2, 3))
+        padded = xpx.pad(x_cn, ((0, 0), (0, 0), (p, p), (p, p)), xp=xp) if p else x_cn
+        cols = im2col(xp, padded, self.kh, self.kw, self.stride, out_h, out_w, axis=1)  # (C, K, N, oh, ow)
+        cols = xp.reshape(cols, (c * self.kh * self.kw, n * out_h * out_w))
+        z = xp.matmul(xp.reshape(weight, (self.out_channels, -1)), cols)  # (out, N*L)
         if bias is not None:
             z = z + bias[:, None]
-        self._cache = (cols, tuple(padded.shape), (out_h, out_w))
-        return xp.reshape(z, (n, self.out_channels, out_h, out_w))
+        self._cache = (cols, tuple(padded.shape), (n, out_h, out_w))
+        return xp.permute_dims(xp.reshape(z, (self.out_channels, n, out_h, out_w)), (1, 0, 2, 3))
 
-    def backward(self, grad_out):
-        cols, padded_shape, (out_h, out_w) = self._cache
+    def backward(self, grad_out, input_grad: bool = True):
+        """``input_grad=False`` skips dE/dX (the first layer of a network needs none)."""
+        cols, padded_shape, (n, out_h, out_w) = self._cache
         weight = self.params["weight"]
         xp = namespace(grad_out, weight, where=f"{self.name}.backward")
-        n = grad_out.shape[0]
-        grad_z = xp.reshape(grad_out, (n, self.out_channels, out_h * out_w))
-        self.grads["weight"] = xp.reshape(xp.tensordot(grad_z, cols, axes=([0, 2], [0, 2])), weight.shape)
+        grad_z = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (self.out_channels, n * out_h * out_w))
+        # dE/df = G.cols^T, computed as (cols.G^T)^T: the long N*L axis is then the
+        # contiguous inner axis of both operands, which BLAS reads fastest.
+        self.grads["weight"] = xp.reshape(xp.matmul(cols, grad_z.T).T, weight.shape)
         if self.bias:
-            self.grads["bias"] = xp.sum(grad_z, axis=(0, 2))
-        grad_cols = xp.matmul(xp.reshape(weight, (self.out_channels, -1)).T, grad_z)  # (N, C*K, L)
-        grad_cols = xp.reshape(grad_cols, (n, self.in_channels, self.kh * self.kw, out_h, out_w))
-        grad_padded = col2im(xp, grad_cols, padded_shape, self.kh, self.kw, self.stride)
+            self.grads["bias"] = xp.sum(grad_z, axis=1)
+        if not input_grad:
+            return None
+        grad_cols = xp.matmul(xp.reshape(weight, (self.out_channels, -1)).T, grad_z)  # (C*K, N*L)
+        grad_cols = xp.reshape(grad_cols, (self.in_channels, self.kh * self.kw, n, out_h, out_w))
+        grad_padded = col2im(xp, grad_cols, padded_shape, self.kh, self.kw, self.stride, axis=1)
         p = self.padding
-        return grad_padded[:, :, p:padded_shape[2] - p, p:padded_shape[3] - p] if p else grad_padded
+        if p:
+            grad_padded = grad_padded[:, :, p:padded_shape[2] - p, p:padded_shape[3] - p]
+        return xp.permute_dims(grad_padded, (1, 0, 2, 3))
 
 
 class Dense(Layer):
@@ -209,13 +220,13 @@ class Dense(Layer):
         z = xp.matmul(x, weight)
         return z + bias if bias is not None else z
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad: bool = True):
         x, weight = self._input, self.params["weight"]
         xp = namespace(grad_out, weight, where=f"{self.name}.backward")
         self.grads["weight"] = xp.matmul(x.T, grad_out)
         if self.bias:
             self.grads["bias"] = xp.sum(grad_out, axis=0)
-        return xp.matmul(grad_out, weight.T)
+        return xp.matmul(grad_out, weight.T) if input_grad else None
 
 
 class Sigmoid(Layer):

@@ -4,7 +4,7 @@ between backends."""
 from __future__ import annotations
 
 from .backend import Backend, backend_of, dtype_name, resolve, to_numpy, transfer
-from .layers import LAYER_TYPES, Layer
+from .layers import LAYER_TYPES, Conv2D, Dense, Layer
 
 
 class StateDictError(ValueError):
@@ -24,10 +24,15 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_out):
-        for layer in reversed(self.layers):
+    def backward(self, grad_out, input_grad: bool = True):
+        """Backpropagate through every layer.  With ``input_grad=False`` (training) the
+        first layer skips dE/dX, which nothing uses, and None is returned."""
+        for layer in reversed(self.layers[1:]):
             grad_out = layer.backward(grad_out)
-        return grad_out
+        first = self.layers[0]
+        if input_grad or not isinstance(first, (Conv2D, Dense)):
+            return first.backward(grad_out)
+        return first.backward(grad_out, input_grad=False)
 
     # -- parameters -------------------------------------------------------
     def named_parameters(self):

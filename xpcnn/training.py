@@ -126,7 +126,7 @@ class Trainer:
         x = to_batch(images, self.backend, self.config.dtype)
         y = targets_to_batch(targets, self.backend, self.config.dtype)
         loss = self.loss_fn(self.model(x), y)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
         self.optimizer.step(self.model)
         return loss
 

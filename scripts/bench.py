@@ -1,0 +1,347 @@
+#!/usr/bin/env python
+"""Benchmark xpcnn's training speed against PyTorch's own layers and the article's loops.
+
+Workloads (float32 by default):
+  bench    conv 1->F 5x5 (F=8), sigmoid, flatten, dense F*576 -> 10, softmax cross-entropy, SGD,
+           batch 128, MNIST-sized images (the embedded digits)
+  article  the article's network (conv 1->3 5x5, sigmoid, dense 1728 -> 1, sigmoid, 1/2 squared
+           error, gradient descent) on its 200-image binary task, one full batch per epoch
+
+Timed in one process on the same data: xpcnn on every available backend; the same network in
+PyTorch (nn.Conv2d / nn.Linear / autograd) on the CPU, and on CUDA when present; and a naive
+baseline in the article's style (Python loops over images, filters and patches) on a small
+subset, scaled to a full epoch.  Warm-up first, then the median of --repeats epochs; GPU
+timings synchronise the device before the clock is read.
+
+  python scripts/bench.py                         # both workloads, table + bench.json
+  python scripts/bench.py --batch-sizes 32,128,512 --filters 8,32 --plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from xpcnn import data  # noqa: E402
+from xpcnn.backend import BackendError, parse_spec, resolve, to_numpy  # noqa: E402
+from xpcnn.files import write_json  # noqa: E402
+from xpcnn.layers import Conv2D, Dense, Flatten, Sigmoid  # noqa: E402
+from xpcnn.losses import MSELoss, SoftmaxCrossEntropyLoss  # noqa: E402
+from xpcnn.model import Sequential  # noqa: E402
+from xpcnn.optim import SGD  # noqa: E402
+
+SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:CPU_DEVICE", "cupy:cuda", "torch:cuda"]
+
+
+# -- the networks -----------------------------------------------------------------------------
+
+def xpcnn_network(workload: str, filters: int, seed: int = 0) -> Sequential:
+    rng = np.random.default_rng(seed)
+    if workload == "article":
+        return Sequential(Conv2D(1, 3, 5, init="uniform", rng=rng), Sigmoid(), Flatten(),
+                          Dense(1728, 1, init="uniform", rng=rng), Sigmoid())
+    return Sequential(Conv2D(1, filters, 5, rng=rng), Sigmoid(), Flatten(), Dense(filters * 576, 10, rng=rng))
+
+
+def workload_data(workload: str, count: int | None):
+    train = data.load_embedded().train
+    if workload == "article":
+        train = train.take(200)
+        return train.images, data.task_targets(train.labels, "binary")
+    images, labels = train.images, train.labels.astype(np.int64)
+    if count:  # repeat the digits to reach `count` images (the scale check)
+        reps = -(-count // len(images))
+        images, labels = np.concatenate([images] * reps)[:count], np.concatenate([labels] * reps)[:count]
+    return images, labels
+
+
+def batches_of(count: int, batch: int) -> list[np.ndarray]:
+    return data.batch_indices(count, batch, np.random.default_rng(0))
+
+
+def _sync(backend) -> None:
+    if backend.name == "cupy":
+        import cupy
+
+        cupy.cuda.Device().synchronize()
+    elif backend.name == "torch" and "cuda" in str(backend.device):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype):
+    """A closure that trains xpcnn for one epoch on ``spec``."""
+    backend = resolve(*parse_spec(spec))
+    model = xpcnn_network(workload, filters).to(backend, dtype=dtype)
+    loss_fn = MSELoss() if workload == "article" else SoftmaxCrossEntropyLoss()
+    optimizer = SGD(0.1 if workload == "article" else 0.05)
+    batches = batches_of(len(images), batch)
+
+    def epoch():
+        loss = None
+        for index in batches:
+            x = data.to_batch(images[index], backend, dtype)
+            y = data.targets_to_batch(targets[index], backend, dtype)
+            loss = loss_fn(model(x), y)
+            model.backward(loss_fn.backward(), input_grad=False)
+            optimizer.step(model)
+        _sync(backend)
+        return loss
+
+    return epoch
+
+
+def torch_epoch(device, workload, images, targets, batch, filters, dtype):
+    """The same network in PyTorch's own layers and autograd."""
+    import torch
+
+    torch.manual_seed(0)
+    tdtype = getattr(torch, dtype)
+    if workload == "article":
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 5), torch.nn.Sigmoid(), torch.nn.Flatten(),
+                                  torch.nn.Linear(1728, 1), torch.nn.Sigmoid())
+        loss_fn = lambda out, y: 0.5 * ((out - y) ** 2).sum() / out.shape[0]  # noqa: E731
+        lr = 0.1
+    else:
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, filters, 5), torch.nn.Sigmoid(), torch.nn.Flatten(),
+                                  torch.nn.Linear(filters * 576, 10))
+        loss_fn, lr = torch.nn.functional.cross_entropy, 0.05
+    net = net.to(device=device, dtype=tdtype)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    batches = batches_of(len(images), batch)
+
+    def epoch():
+        for index in batches:
+            x = torch.from_numpy(images[index][:, None]).to(device).to(tdtype) / 255.0
+            y = torch.from_numpy(targets[index]).to(device)
+            y = y.to(tdtype) if y.is_floating_point() else y
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x), y)
+            loss.backward()
+            optimizer.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return epoch
+
+
+def naive_epoch_seconds(workload, images, targets, filters, subset) -> float:
+    """The article's style: Python loops over images, filters and patches (float64 NumPy,
+    per-image SGD as in the article's code), timed on `subset` images and scaled to the epoch."""
+    rng = np.random.default_rng(0)
+    k = 3 if workload == "article" else filters
+    outputs = 1 if workload == "article" else 10
+    f = rng.random((k, 5, 5)) if workload == "article" else rng.normal(0, 0.2, (k, 5, 5))
+    w = rng.random((k * 576, outputs)) * (1 if workload == "article" else 0.01)
+    b = np.zeros(outputs)
+    lr = 0.1
+    started = time.perf_counter()
+    for n in range(subset):
+        image = images[n] / 255.0
+        z1 = np.zeros((k, 24, 24))
+        for c in range(k):
+            for i in range(24):
+                for j in range(24):
+                    z1[c, i, j] = np.sum(image[i:i + 5, j:j + 5] * f[c])
+        a = 1 / (1 + np.exp(-z1))
+        z2 = a.reshape(-1) @ w + b
+        if workload == "article":
+            o = 1 / (1 + np.exp(-z2))
+            grad_z2 = (o - targets[n]) * o * (1 - o)
+        else:
+            e = np.exp(z2 - z2.max())
+            grad_z2 = e / e.sum()
+            grad_z2[targets[n]] -= 1
+        grad_a = (w @ grad_z2).reshape(k, 24, 24)
+        grad_z1 = grad_a * a * (1 - a)
+        grad_f = np.zeros_like(f)
+        for c in range(k):
+            for i in range(24):
+                for j in range(24):
+                    grad_f[c] += grad_z1[c, i, j] * image[i:i + 5, j:j + 5]
+        w -= lr * np.outer(a.reshape(-1), grad_z2)
+        b -= lr * grad_z2
+        f -= lr * grad_f
+    return (time.perf_counter() - started) / subset * len(images)
+
+
+def interleaved(epochs: dict, repeats: int) -> dict[str, list[float]]:
+    """Time the implementations round-robin, so that a slow spell of the machine hits
+    each alike.  Before every timed epoch the same implementation runs one untimed
+    epoch: that warms it up (JIT, allocator, caches) and lets the previous library's
+    worker threads (OpenBLAS, OpenMP) go idle, so they do not steal the cores."""
+    times = {name: [] for name in epochs}
+    for _ in range(repeats):
+        for name, epoch in epochs.items():
+            epoch()
+            started = time.perf_counter()
+            epoch()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def available_specs(wanted: list[str]) -> list[str]:
+    found = []
+    for spec in wanted:
+        try:
+            resolve(*parse_spec(spec))
+            found.append(spec)
+        except BackendError:
+            pass
+    return found
+
+
+def torch_devices() -> list[str]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def run(workload, batch, filters, dtype, repeats, specs, naive_subset, count=None, naive=True) -> dict:
+    images, targets = workload_data(workload, count)
+    if workload == "article":
+        batch = len(images)
+    epochs = {spec: xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype) for spec in specs}
+    for device in torch_devices():
+        epochs[f"torch-native:{device}"] = torch_epoch(device, workload, images, targets, batch, filters, dtype)
+    rows = []
+    for spec, times in interleaved(epochs, repeats).items():
+        impl = f"pytorch nn {spec.split(':')[1]}" if spec.startswith("torch-native") else f"xpcnn {spec}"
+        rows.append({"impl": impl, "spec": spec, "epoch_s": statistics.median(times), "times": times})
+    if naive:
+        seconds = naive_epoch_seconds(workload, images, targets, filters, naive_subset)
+        rows.append({"impl": f"naive loops (numpy, {naive_subset} imgs)", "spec": "naive", "epoch_s": seconds,
+                     "times": [seconds]})
+    for row in rows:
+        row["images_per_s"] = len(images) / row["epoch_s"]
+    by_spec = {r["spec"]: r for r in rows}
+    for row in rows:
+        if not row["spec"].startswith("torch-native") and row["spec"] != "naive":
+            device = "cuda" if "cuda" in row["spec"] else "cpu"
+            native = by_spec.get(f"torch-native:{device}")
+            row["speed_vs_pytorch"] = native["epoch_s"] / row["epoch_s"] if native else None
+            row["speed_vs_naive"] = by_spec["naive"]["epoch_s"] / row["epoch_s"] if "naive" in by_spec else None
+    return {"workload": workload, "batch": batch, "filters": filters, "dtype": dtype, "images": len(images),
+            "repeats": repeats, "rows": rows}
+
+
+def print_table(result: dict) -> None:
+    print(f"\nworkload {result['workload']}: {result['images']} images/epoch, batch {result['batch']}, "
+          f"filters {result['filters'] if result['workload'] == 'bench' else 3}, {result['dtype']}, "
+          f"median of {result['repeats']}")
+    print(f"  {'implementation':<40} {'epoch (s)':>10} {'images/s':>10} {'xpcnn/pytorch':>14} {'xpcnn/naive':>12}")
+    for row in result["rows"]:
+        vs_torch = f"{row['speed_vs_pytorch']:.2f}x" if row.get("speed_vs_pytorch") else ""
+        vs_naive = f"{row['speed_vs_naive']:.0f}x" if row.get("speed_vs_naive") else ""
+        print(f"  {row['impl']:<40} {row['epoch_s']:10.4f} {row['images_per_s']:10.0f} {vs_torch:>14} {vs_naive:>12}")
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "numpy": np.__version__}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--workload", choices=("bench", "article", "both"), default="both")
+    parser.add_argument("--batch-sizes", default="128", help="comma-separated batch sizes for 'bench'")
+    parser.add_argument("--filters", default="8", help="comma-separated filter counts for 'bench'")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backends", default=",".join(SPECS), help="xpcnn backends to time (those available)")
+    parser.add_argument("--naive-subset", type=int, default=20, help="images the naive loops are timed on")
+    parser.add_argument("--scale", action="store_true",
+                        help="also time numpy on 5,000 and 60,000 images (linear-scaling check)")
+    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--plot", action="store_true", help="images/s over batch size and filters -> bench.png")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        filter_counts = [int(f) for f in args.filters.split(",")]
+    except ValueError:
+        parser.error("--batch-sizes and --filters take comma-separated integers")
+    if min(batch_sizes) < 1 or min(filter_counts) < 1:
+        parser.error("--batch-sizes and --filters must be >= 1")
+    specs = available_specs([s for s in args.backends.split(",") if s])
+    report = {"machine": machine(), "results": []}
+    print(f"machine: {report['machine']}")
+    if args.workload in ("article", "both"):
+        result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset)
+        print_table(result)
+        report["results"].append(result)
+    if args.workload in ("bench", "both"):
+        for filters in filter_counts:
+            for batch in batch_sizes:
+                result = run("bench", batch, filters, args.dtype, args.repeats, specs, args.naive_subset,
+                             naive=(batch == batch_sizes[0]))
+                print_table(result)
+                report["results"].append(result)
+    if args.scale:
+        small = run("bench", 128, 8, args.dtype, args.repeats, ["numpy"], 0, count=5000, naive=False)
+        large = run("bench", 128, 8, args.dtype, max(1, args.repeats // 2), ["numpy"], 0, count=60000, naive=False)
+        ratio = large["rows"][0]["epoch_s"] / small["rows"][0]["epoch_s"]
+        report["scale"] = {"epoch_s_5000": small["rows"][0]["epoch_s"], "epoch_s_60000": large["rows"][0]["epoch_s"],
+                           "ratio": ratio, "ideal": 12.0}
+        print(f"\nscale (numpy, bench, batch 128): 5,000 images {small['rows'][0]['epoch_s']:.3f}s, "
+              f"60,000 images {large['rows'][0]['epoch_s']:.3f}s, ratio {ratio:.2f} (ideal 12, "
+              f"{100 * (ratio / 12 - 1):+.1f}%)")
+    write_json(args.out, report)
+    print(f"\nwrote {args.out}")
+    if args.plot:
+        plot(report, os.path.splitext(args.out)[0] + ".png")
+    return 0
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xpcnn.files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    series: dict[str, list] = {}
+    for result in report["results"]:
+        if result["workload"] != "bench":
+            continue
+        for row in result["rows"]:
+            if row["spec"] != "naive":
+                series.setdefault(f"{row['impl']} F={result['filters']}", []).append((result["batch"], row["images_per_s"]))
+    for label, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="training images/s", title="workload 'bench'")
+    ax.legend(fontsize=7)
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
