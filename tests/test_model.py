@@ -79,3 +79,14 @@ def test_transfer_between_backends_round_trips(backend, rng):
     np.testing.assert_array_equal(to_numpy(on_device), host)
     back = xpcnn.transfer(on_device, xpcnn.resolve("numpy"))
     np.testing.assert_array_equal(back, host)
+
+
+def test_shape_inference_checks_geometry_at_build_time():
+    model = small_model()
+    assert model.infer_shape((1, 8, 8)) == (4,)
+    with pytest.raises(ValueError, match=r"layer 4 \(Dense: expected input of shape \(N, 18\), got shape \(N, 8\)\)"):
+        model.infer_shape((1, 6, 6))
+    with pytest.raises(ValueError, match=r"layer 0 \(Conv2D: kernel 3x3 is larger than the padded input 2x2\)"):
+        model.infer_shape((1, 2, 2))
+    with pytest.raises(ValueError, match=r"layer 0 \(Conv2D: expected input of shape \(N, 1, H, W\), got shape \(N, 3, 8, 8\)\)"):
+        model.infer_shape((3, 8, 8))

@@ -58,3 +58,19 @@ def test_sigmoid_and_softmax_are_finite_for_extreme_inputs(values):
     value = loss(logits, backend.asarray(np.array([0]), None))
     assert np.isfinite(float(to_numpy(value)))
     assert np.all(np.isfinite(to_numpy(loss.backward())))
+
+
+@SETTINGS
+@given(batch=st.integers(1, 4), features=st.integers(1, 6), outputs=st.integers(1, 5), bias=st.booleans(),
+       activation=st.sampled_from(["Sigmoid", "Tanh", "ReLU", "Flatten"]), seed=st.integers(0, 2**16))
+def test_dense_and_activation_property(batch, features, outputs, bias, activation, seed):
+    import xpcnn
+    rng = np.random.default_rng(seed)
+    dense = xpcnn.Dense(features, outputs, bias=bias, rng=seed)
+    x = rng.standard_normal((batch, features))
+    assert dense(x).shape == (batch, outputs)
+    assert all(r.ok for r in check_gradients(dense, x, max_elements=16, seed=seed))
+    layer = getattr(xpcnn, activation)()
+    x4 = rng.standard_normal((batch, 2, 3, features)) + 0.01  # keep ReLU's kink away from zero
+    assert layer(x4).shape == ((batch, 2 * 3 * features) if activation == "Flatten" else x4.shape)
+    assert all(r.ok for r in check_gradients(layer, x4, max_elements=16, seed=seed))

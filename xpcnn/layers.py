@@ -91,6 +91,11 @@ class Layer:
         """Constructor arguments, enough to rebuild the architecture."""
         return {}
 
+    def infer_shape(self, shape: tuple) -> tuple:
+        """Per-example output shape for a per-example input shape (no batch axis);
+        raises a ValueError naming this layer if the input cannot fit."""
+        return tuple(shape)
+
     def to(self, backend, device=None, dtype: str | None = None):
         """Move parameters to ``backend`` (a :class:`Backend` or a name) and ``dtype``."""
         if not isinstance(backend, Backend):
@@ -133,6 +138,12 @@ class Conv2D(Layer):
     def config(self):
         return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=(self.kh, self.kw),
                     stride=self.stride, padding=self.padding, bias=self.bias)
+
+    def infer_shape(self, shape):
+        if len(shape) != 3 or shape[0] != self.in_channels:
+            raise ValueError(f"{self.name}: expected input of shape (N, {self.in_channels}, H, W), got shape (N, "
+                             + ", ".join(map(str, shape)) + ")")
+        return self.output_shape(shape[1], shape[2])
 
     def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
         p = self.padding
@@ -208,6 +219,12 @@ class Dense(Layer):
     def config(self):
         return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias)
 
+    def infer_shape(self, shape):
+        if tuple(shape) != (self.in_features,):
+            raise ValueError(f"{self.name}: expected input of shape (N, {self.in_features}), got shape (N, "
+                             + ", ".join(map(str, shape)) + ")")
+        return (self.out_features,)
+
     def forward(self, x):
         weight, bias = self.params["weight"], self.params.get("bias")
         xp = namespace(x, weight, bias, where=f"{self.name}.forward")
@@ -280,6 +297,12 @@ class Flatten(Layer):
         xp = namespace(grad_out, where=f"{self.name}.backward")
         return xp.reshape(grad_out, self._shape)
 
+    def infer_shape(self, shape):
+        size = 1
+        for extent in shape:
+            size *= extent
+        return (size,)
+
 
 class _Pool2D(Layer):
     def __init__(self, kernel_size, stride=None):
@@ -291,6 +314,12 @@ class _Pool2D(Layer):
 
     def config(self):
         return dict(kernel_size=(self.kh, self.kw), stride=self.stride)
+
+    def infer_shape(self, shape):
+        if len(shape) != 3 or shape[1] < self.kh or shape[2] < self.kw:
+            raise ValueError(f"{self.name}: kernel {self.kh}x{self.kw} does not fit input shape (N, "
+                             + ", ".join(map(str, shape)) + ")")
+        return (shape[0], _output_size(shape[1], self.kh, self.stride, 0), _output_size(shape[2], self.kw, self.stride, 0))
 
     def _windows(self, x):
         xp = namespace(x, where=f"{self.name}.forward")

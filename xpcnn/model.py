@@ -34,6 +34,16 @@ class Sequential(Layer):
             return first.backward(grad_out)
         return first.backward(grad_out, input_grad=False)
 
+    def infer_shape(self, shape: tuple) -> tuple:
+        """Propagate a per-example input shape through every layer, e.g. (1, 28, 28) -> (10,).
+        A layer that cannot take its input raises, naming the layer and its position."""
+        for index, layer in enumerate(self.layers):
+            try:
+                shape = layer.infer_shape(tuple(shape))
+            except ValueError as exc:
+                raise ValueError(f"layer {index} ({exc})") from None
+        return tuple(shape)
+
     # -- parameters -------------------------------------------------------
     def named_parameters(self):
         for index, layer in enumerate(self.layers):

@@ -23,6 +23,9 @@ from .model import Sequential
 from .optim import SGD, Adam
 
 
+IMAGE_SHAPE = (1, 28, 28)
+
+
 @dataclass
 class Config:
     """Everything that defines a run (and is stored in its checkpoints)."""
@@ -63,8 +66,11 @@ def build_model(config: Config) -> Sequential:
     else:
         raise ValueError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
     if config.task == "binary":  # one sigmoid output: O = sigma(W^T.A + b)
-        return Sequential(*body, Dense(width, 1, init=dense_init, rng=rng), Sigmoid())
-    return Sequential(*body, Dense(width, 10, init=dense_init, rng=rng))  # logits for softmax cross-entropy
+        model = Sequential(*body, Dense(width, 1, init=dense_init, rng=rng), Sigmoid())
+    else:  # ten logits for softmax cross-entropy
+        model = Sequential(*body, Dense(width, 10, init=dense_init, rng=rng))
+    model.infer_shape(IMAGE_SHAPE)  # checks the geometry now, not at the first batch
+    return model
 
 
 def build_optimizer(config: Config):
