@@ -17,12 +17,13 @@ from .backend import parse_spec, resolve
 from .data import Split
 from .training import Config, Trainer, build_model
 
-# Measured on the CPU (docs/parity.md): after 12 epochs of the default preset, float64 runs of
-# numpy, torch, jax and array_api_strict differ by at most 1.6e-15 per parameter element; float32
-# runs differ by ~1e-6 after one step, which training amplifies (ReLU and max-pool decisions flip)
-# to at most 8.2e-3 after one epoch (torch vs numpy) and 4.7e-2 after 12.  Compare mode therefore
-# defaults to one epoch, and these tolerances leave ~2.5x headroom over what was measured.
-DEFAULT_TOLERANCES = {"float64": {"rtol": 1e-8, "atol": 1e-10}, "float32": {"rtol": 2e-2, "atol": 2e-2}}
+# Measured on the CPU (docs/parity.md, 2-core x86_64, default preset, embedded data): float64 runs
+# of numpy, torch, jax and array_api_strict differ by at most 2.1e-15 per parameter element after
+# 12 epochs.  float32 runs differ by at most 4.1e-5 after one epoch; training then amplifies
+# rounding differences chaotically (a ReLU or max-pool decision flips), to 7e-2 after 3 epochs,
+# which says nothing about the backends.  Compare mode therefore defaults to one epoch, and the
+# float32 tolerance leaves ~25x headroom over the one-epoch measurement.
+DEFAULT_TOLERANCES = {"float64": {"rtol": 1e-8, "atol": 1e-10}, "float32": {"rtol": 1e-3, "atol": 1e-3}}
 COMPARE_EPOCHS = 1
 
 

