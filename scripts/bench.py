@@ -337,7 +337,10 @@ def plot(report: dict, path: str) -> None:
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="training images/s", title="workload 'bench'")
-    ax.legend(fontsize=7)
+    batches = sorted({r["batch"] for r in report["results"] if r["workload"] == "bench"})
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.minorticks_off()
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     with atomic_write(path) as handle:
         fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     print(f"wrote {path}")
