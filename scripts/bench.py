@@ -322,6 +322,7 @@ def plot(report: dict, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from xpcnn.files import atomic_write
 
@@ -339,7 +340,7 @@ def plot(report: dict, path: str) -> None:
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="training images/s", title="workload 'bench'")
     batches = sorted({r["batch"] for r in report["results"] if r["workload"] == "bench"})
     ax.set_xticks(batches, [str(b) for b in batches])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     with atomic_write(path) as handle:
         fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
