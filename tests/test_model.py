@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,14 @@ def test_shape_inference_checks_geometry_at_build_time():
         model.infer_shape((1, 2, 2))
     with pytest.raises(ValueError, match=r"layer 0 \(Conv2D: expected input of shape \(N, 1, H, W\), got shape \(N, 3, 8, 8\)\)"):
         model.infer_shape((3, 8, 8))
+
+
+def test_save_and_load_npz_on_any_backend(tmp_path, backend, rng):
+    model = small_model().to("numpy", dtype="float32")
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = Sequential.load(path, backend.name, xpcnn.backend.device_name(backend.device))
+    assert loaded.config() == model.config() and loaded.dtype == "float32"
+    x = rng.random((2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(to_numpy(loaded(backend.asarray(x))), to_numpy(model(x)), rtol=1e-5, atol=1e-6)
+    assert [f for f in os.listdir(tmp_path)] == ["model.npz"]

@@ -140,6 +140,25 @@ class Sequential(Layer):
         for name, value in moved.items():
             self.set_parameter(name, value)
 
+    def save(self, path) -> None:
+        """Write architecture, dtype and parameters to one ``.npz``, atomically."""
+        from . import checkpoint
+
+        checkpoint.save(path, self.state_dict(), {}, {"architecture": self.config(), "dtype": self.dtype})
+
+    @classmethod
+    def load(cls, path, backend="numpy", device=None) -> "Sequential":
+        """Rebuild a model saved by :meth:`save` (or a training checkpoint) on ``backend``."""
+        from . import checkpoint
+
+        state, _, meta = checkpoint.load(path)
+        model = cls.from_config(meta["architecture"]).to("numpy", dtype=meta["dtype"])
+        try:
+            model.load_state_dict(state)
+        except StateDictError as exc:
+            raise checkpoint.CheckpointError(f"{path}: {exc}") from None
+        return model.to(backend, device)
+
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"
