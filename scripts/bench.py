@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from xpcnn import data  # noqa: E402
-from xpcnn.backend import BackendError, parse_spec, resolve, to_numpy  # noqa: E402
+from xpcnn.backend import available, parse_spec, resolve  # noqa: E402
 from xpcnn.files import write_json  # noqa: E402
 from xpcnn.layers import Conv2D, Dense, Flatten, Sigmoid  # noqa: E402
 from xpcnn.losses import MSELoss, SoftmaxCrossEntropyLoss  # noqa: E402
@@ -190,17 +190,6 @@ def interleaved(epochs: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def available_specs(wanted: list[str]) -> list[str]:
-    found = []
-    for spec in wanted:
-        try:
-            resolve(*parse_spec(spec))
-            found.append(spec)
-        except BackendError:
-            pass
-    return found
-
-
 def torch_devices() -> list[str]:
     try:
         import torch
@@ -287,7 +276,7 @@ def main(argv=None) -> int:
         parser.error("--batch-sizes and --filters take comma-separated integers")
     if min(batch_sizes) < 1 or min(filter_counts) < 1:
         parser.error("--batch-sizes and --filters must be >= 1")
-    specs = available_specs([s for s in args.backends.split(",") if s])
+    specs = available([s for s in args.backends.split(",") if s])
     report = {"machine": machine(), "results": []}
     print(f"machine: {report['machine']}")
     if args.workload in ("article", "both"):

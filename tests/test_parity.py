@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from xpcnn import data, parity
+from xpcnn.backend import available
 from xpcnn.training import Config
 
 CPU_SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:device1"]
@@ -13,21 +14,9 @@ def train():
     return data.load_embedded().train.take(300)
 
 
-def _available(specs):
-    from xpcnn.backend import BackendError, parse_spec, resolve
-    found = []
-    for spec in specs:
-        try:
-            resolve(*parse_spec(spec))
-            found.append(spec)
-        except BackendError:
-            pass
-    return found
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_cpu_backends_agree(train, dtype):
-    specs = _available(CPU_SPECS)
+    specs = available(CPU_SPECS)
     assert len(specs) >= 2
     report = parity.compare(specs, Config(epochs=1, batch_size=50, dtype=dtype), train)
     assert report["result"] == "PASS", parity.format_report(report)
@@ -42,7 +31,7 @@ def test_cpu_backends_agree(train, dtype):
 
 
 def test_zero_tolerance_can_fail(train):
-    specs = _available(["numpy", "torch:cpu", "jax:cpu"])
+    specs = available(["numpy", "torch:cpu", "jax:cpu"])
     if len(specs) < 2:
         pytest.skip("needs torch or jax beside numpy")
     report = parity.compare(specs[:2], Config(epochs=1, batch_size=50, dtype="float32"), train, rtol=0, atol=0)

@@ -260,15 +260,15 @@ def transfer(x, backend: Backend, dtype: str | None = None):
     return from_numpy(to_numpy(x), backend, dtype)
 
 
-def available(names=BACKENDS) -> list[str]:
-    """Names of the backends that import here (no device check beyond that)."""
+def available(specs=BACKENDS) -> list[str]:
+    """The backend names or specs (``'torch:cuda'``) among ``specs`` that resolve here."""
     result = []
-    for name in names:
+    for spec in specs:
         try:
-            resolve(name)
+            resolve(*parse_spec(spec))
         except BackendError:
             continue
-        result.append(name)
+        result.append(spec)
     return result
 
 
