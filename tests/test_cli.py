@@ -176,3 +176,13 @@ def test_kill_during_write_leaves_previous_file(tmp_path):
     child.kill()
     child.wait(timeout=30)
     assert target.read_bytes() == b"previous contents"
+
+
+def test_resume_refuses_changed_hyperparameters(capsys, tmp_path, tiny_npz):
+    out = tmp_path / "r"
+    assert main(["--data", tiny_npz, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    line = usage_error(capsys, "--resume", str(out / "checkpoint.npz"), "--lr", "0.5", "--out", str(out))
+    assert "only --epochs may change, not --lr (0.05 in the checkpoint)" in line
+    assert main(["--resume", str(out / "checkpoint.npz"), "--data", tiny_npz, "--epochs", "2", "--lr", "0.05",
+                 "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["history"][-1]["epoch"] == 2

@@ -99,6 +99,10 @@ def _config(args, base: Config | None = None) -> Config:
                                        optimizer=args.optimizer, momentum=args.momentum, seed=args.seed, init=args.init,
                                        dtype=args.dtype).items() if v is not None}
     if base is not None:  # resuming: only the length of the run may change
+        changed = [k for k, v in overrides.items() if k != "epochs" and getattr(base, k) != v]
+        if changed:
+            raise ValueError("--resume continues the checkpoint's run; only --epochs may change, not "
+                             + ", ".join(f"--{k.replace('_', '-')} ({getattr(base, k)} in the checkpoint)" for k in changed))
         overrides = {k: v for k, v in overrides.items() if k == "epochs"}
     config = dataclasses.replace(config, **overrides)
     if config.task == "binary" and config.loss == "softmax_ce":
@@ -213,7 +217,10 @@ def main(argv=None) -> int:
             base = config_from_checkpoint(args.resume)
         except CheckpointError as exc:
             p.error(f"--resume: {exc}")
-    config = _config(args, base)
+    try:
+        config = _config(args, base)
+    except ValueError as exc:
+        p.error(str(exc))
     dataset = _load_data(p, args.data, "--data")
     if len(dataset.train) == 0:
         p.error(f"--data: {dataset.source} has no training images (train-images-idx3-ubyte is missing)")
