@@ -68,12 +68,19 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("cpu_backend", specs, indirect=True)
 
 
+def _is_required(spec: str) -> bool:
+    """A spec named in XPCNN_REQUIRE_BACKENDS, or the CPU specs of a backend named there
+    (requiring 'torch' requires torch on the CPU; name 'torch:cuda' to require the GPU)."""
+    required = _required()
+    return spec in required or (parse_spec(spec)[0] in required and "cuda" not in spec)
+
+
 def _resolve_or_skip(spec):
     name, device = parse_spec(spec)
     try:
         return resolve(name, device)
     except BackendError as exc:
-        if name in _required():
+        if _is_required(spec):
             pytest.fail(f"required backend {spec} failed: {exc}")
         pytest.skip(str(exc))
 
