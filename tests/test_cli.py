@@ -47,8 +47,6 @@ def usage_error(capsys, *argv) -> str:
     (["--data", "/nonexistent/mnist"], "--data: /nonexistent/mnist: no such file or folder"),
     (["--compare", "numpy"], "--compare needs at least two backends"),
     (["--compare", "numpy,mxnet"], "--compare: unknown backend 'mxnet'"),
-    (["--backend", "numpy", "--device", "cuda"], "numpy runs on the cpu only"),
-    (["--backend", "array_api_strict", "--device", "device7"], "array_api_strict has no device 'device7'"),
     (["--resume", "/nonexistent/checkpoint.npz"], "--resume: /nonexistent/checkpoint.npz: no such checkpoint"),
 ])
 def test_usage_errors_exit_2(capsys, tmp_path, argv, message):
@@ -62,14 +60,30 @@ def test_unwritable_out(capsys, tmp_path):
     assert "--out: cannot create" in usage_error(capsys, "--out", str(blocker / "sub"))
 
 
+def one_line_error(capsys, *argv) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("train.py: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--backend", "numpy", "--device", "cuda"], "numpy runs on the cpu only"),
+    (["--backend", "array_api_strict", "--device", "device7"], "array_api_strict has no device 'device7'"),
+    (["--compare", "numpy,array_api_strict:device7"], "--compare array_api_strict:device7: array_api_strict has no"),
+])
+def test_unusable_backend_or_device_is_one_line(capsys, tmp_path, argv, message):
+    assert message in one_line_error(capsys, *argv, "--out", str(tmp_path))
+
+
 def test_gpu_without_gpu_is_one_line(capsys, tmp_path):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    line = usage_error(capsys, "--backend", "torch", "--device", "cuda", "--out", str(tmp_path))
+    line = one_line_error(capsys, "--backend", "torch", "--device", "cuda", "--out", str(tmp_path))
     assert "--device cuda needs a CUDA GPU" in line
-    line = usage_error(capsys, "--device", "cuda", "--out", str(tmp_path))  # picks cupy
-    assert "cupy" in line and ("not available" in line or "no CUDA GPU" in line)
+    line = one_line_error(capsys, "--device", "cuda", "--out", str(tmp_path))  # picks cupy
+    assert "cupy" in line and ("xpcnn[cuda12]" in line or "no CUDA GPU" in line)
 
 
 def test_corrupt_data_file_exit_2(capsys, tmp_path):

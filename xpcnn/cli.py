@@ -160,6 +160,12 @@ def _install_signal_handlers(trainer: Trainer) -> dict:
     return caught
 
 
+def _one_line_error(p: argparse.ArgumentParser, message: str) -> int:
+    """A missing backend or GPU: one line (no usage block, the flags were fine), status 2."""
+    print(f"{p.prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _load_data(p, spec: str, flag: str):
     try:
         return datasets.load(spec)
@@ -177,7 +183,7 @@ def run_compare(p, args) -> int:
         try:
             resolve(*parse_spec(spec))
         except BackendError as exc:
-            p.error(f"--compare {spec}: {exc}")
+            return _one_line_error(p, f"--compare {spec}: {exc}")
     if args.epochs is None:
         args.epochs = parity_mod.COMPARE_EPOCHS
     config = _config(args)
@@ -209,7 +215,7 @@ def main(argv=None) -> int:
     try:
         backend = resolve(backend_name, args.device)
     except BackendError as exc:
-        p.error(str(exc))
+        return _one_line_error(p, str(exc))
     base = None
     if args.resume:
         try:
