@@ -163,9 +163,11 @@ def test_signal_saves_checkpoint_and_resume_is_bitwise(tmp_path, tiny_npz, signu
     for key in a.files:
         if key.startswith(("param/", "optim/")):
             np.testing.assert_array_equal(a[key], b[key])
-    history_a = json.loads((tmp_path / "a" / "metrics.json").read_text())["step_losses"]
-    history_b = json.loads((tmp_path / "b" / "metrics.json").read_text())["step_losses"]
-    assert history_a == history_b
+    metrics_a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics_b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics_a["step_losses"] == metrics_b["step_losses"]
+    assert [h["loss"] for h in metrics_a["history"]] == [h["loss"] for h in metrics_b["history"]]
+    assert metrics_a["final"] == metrics_b["final"]
 
 
 WRITER = """

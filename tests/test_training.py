@@ -61,6 +61,7 @@ def test_resume_mid_epoch_is_bitwise_identical(small, tmp_path, cpu_backend):
     for name, value in straight.model.state_dict().items():
         np.testing.assert_array_equal(resumed.model.state_dict()[name], value)
     assert resumed.state.step_losses == straight.state.step_losses
+    assert resumed.state.history[1]["loss"] == straight.state.history[1]["loss"]  # the interrupted epoch
 
 
 def test_checkpoint_made_on_numpy_loads_on_every_backend(small, tmp_path, backend):

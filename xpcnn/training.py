@@ -153,7 +153,8 @@ class Trainer:
             else:  # resuming mid-epoch: replay the epoch's shuffle
                 self.rng.bit_generator.state = state.epoch_rng_state
             batches = batch_indices(len(train), cfg.batch_size, self.rng)
-            started, pending, epoch_losses = time.perf_counter(), [], []
+            started, pending = time.perf_counter(), []
+            epoch_start = state.global_step - state.step_in_epoch  # index of the epoch's first step loss
             images_done = sum(len(b) for b in batches[:state.step_in_epoch])
             for index in range(state.step_in_epoch, len(batches)):
                 batch = batches[index]
@@ -163,11 +164,10 @@ class Trainer:
                 pending.append(self.step(images, targets[batch]))
                 state.step_in_epoch, state.global_step = index + 1, state.global_step + 1
                 if len(pending) >= self.sync_every or index + 1 == len(batches) or self.stop_requested:
-                    values = self._sync(pending, index + 1 - len(pending))
-                    epoch_losses += values
+                    self._sync(pending, index + 1 - len(pending))
                     pending = []
                     if progress:
-                        progress(state.epoch + 1, index + 1, len(batches), float(np.mean(epoch_losses)))
+                        progress(state.epoch + 1, index + 1, len(batches), float(np.mean(state.step_losses[epoch_start:])))
                 if self.stop_requested:
                     if checkpoint_path:
                         self.save(checkpoint_path)
@@ -175,6 +175,7 @@ class Trainer:
             seconds = time.perf_counter() - started
             images_done = len(train) - images_done
             val_loss, val_acc = self.evaluate(validation) if validation is not None and len(validation) else (None, None)
+            epoch_losses = state.step_losses[epoch_start:]  # includes steps before a resume
             record = EpochRecord(state.epoch + 1, float(np.mean(epoch_losses)) if epoch_losses else math.nan,
                                  val_loss, val_acc, images_done / seconds if seconds else math.inf, seconds)
             state.history.append(asdict(record))
@@ -185,7 +186,7 @@ class Trainer:
                 on_epoch(record)
         return state.history
 
-    def _sync(self, pending, first_step: int) -> list[float]:
+    def _sync(self, pending, first_step: int) -> None:
         """Read the pending device losses in one transfer; stop on the first non-finite one."""
         xp = self.backend.xp
         values = to_numpy(xp.stack(pending)).astype(np.float64).tolist()
@@ -193,7 +194,6 @@ class Trainer:
             if not math.isfinite(value):
                 raise Diverged(self.state.epoch + 1, first_step + offset + 1, value)
         self.state.step_losses += values
-        return values
 
     # -- evaluation -----------------------------------------------------------------
     def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
