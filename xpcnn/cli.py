@@ -271,10 +271,8 @@ def main(argv=None) -> int:
     final = evaluation.test if evaluation is not None else dataset.validation
     if final is not None and len(final):
         label = f"test ({args.eval_data})" if evaluation is not None else "validation"
-        loss, accuracy = trainer.evaluate(final)
-        predicted = trainer.predict(final.images)
-        truth = datasets.task_targets(final.labels, config.task)
-        truth = truth[:, 0].astype(np.int64) if config.task == "binary" else truth
+        loss, accuracy, predicted = trainer.evaluate(final, predictions=True)
+        truth = datasets.task_targets(final.labels, config.task).reshape(len(final), -1)[:, 0].astype(np.int64)
         matrix = confusion_matrix(truth, predicted, 2 if config.task == "binary" else 10)
         print(f"final {label} accuracy {100 * accuracy:.2f}% (loss {loss:.4f}, {len(final)} images)")
         print(_format_confusion(matrix))

@@ -196,33 +196,31 @@ class Trainer:
         self.state.step_losses += values
 
     # -- evaluation -----------------------------------------------------------------
+    def _classes(self, output) -> np.ndarray:
+        """Host class predictions from a batch of outputs: argmax, or O > 0.5 for one sigmoid output."""
+        if self.config.task == "binary":
+            return to_numpy(output[:, 0] > 0.5).astype(np.int64)
+        return to_numpy(self.backend.xp.argmax(output, axis=1)).astype(np.int64)
+
     def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Host predictions: class indices (multiclass) or 0/1 (binary)."""
-        xp, out = self.backend.xp, []
-        for start in range(0, len(images), batch_size):
-            output = self.model(to_batch(images[start:start + batch_size], self.backend, self.config.dtype))
-            if self.config.task == "binary":
-                out.append(to_numpy(output[:, 0] > 0.5).astype(np.int64))
-            else:
-                out.append(to_numpy(xp.argmax(output, axis=1)).astype(np.int64))
+        out = [self._classes(self.model(to_batch(images[start:start + batch_size], self.backend, self.config.dtype)))
+               for start in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def evaluate(self, split: Split, batch_size: int = 500) -> tuple[float, float]:
-        """(mean loss, accuracy) on a split."""
+    def evaluate(self, split: Split, batch_size: int = 500, predictions: bool = False):
+        """(mean loss, accuracy) on a split; with ``predictions=True`` also the host predictions."""
         targets = task_targets(split.labels, self.config.task)
-        loss_sum, correct = 0.0, 0
+        loss_sum, predicted = 0.0, []
         for start in range(0, len(split), batch_size):
-            images = split.images[start:start + batch_size]
-            output = self.model(to_batch(images, self.backend, self.config.dtype))
-            batch_targets = targets[start:start + batch_size]
-            loss_sum += float(to_numpy(self.loss_fn(output, targets_to_batch(batch_targets, self.backend,
-                                                                              self.config.dtype)))) * len(images)
-            if self.config.task == "binary":
-                predicted = to_numpy(output[:, 0] > 0.5).astype(np.int64)
-                correct += int(np.sum(predicted == batch_targets[:, 0].astype(np.int64)))
-            else:
-                correct += int(np.sum(to_numpy(self.backend.xp.argmax(output, axis=1)) == batch_targets))
-        return loss_sum / len(split), correct / len(split)
+            output = self.model(to_batch(split.images[start:start + batch_size], self.backend, self.config.dtype))
+            batch_targets = targets_to_batch(targets[start:start + batch_size], self.backend, self.config.dtype)
+            loss_sum += float(to_numpy(self.loss_fn(output, batch_targets))) * output.shape[0]
+            predicted.append(self._classes(output))
+        predicted = np.concatenate(predicted)
+        truth = targets[:, 0].astype(np.int64) if self.config.task == "binary" else targets
+        result = (loss_sum / len(split), float(np.mean(predicted == truth)))
+        return (*result, predicted) if predictions else result
 
     # -- checkpoints -------------------------------------------------------------------
     def save(self, path) -> None:
