@@ -42,6 +42,7 @@ def usage_error(capsys, *argv) -> str:
     (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
     (["--lr", "nan"], "--lr must be a positive number, got nan"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--lr-decay", "1.5"], "--lr-decay must be in (0, 1], got 1.5"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
     (["--data", "/nonexistent/mnist"], "--data: /nonexistent/mnist: no such file or folder"),

@@ -229,7 +229,10 @@ def from_numpy(host_array, backend: Backend, dtype: str | None = None):
     if backend.name == "torch":
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(host_array)).to(backend.device)
+        host_array = np.ascontiguousarray(host_array)
+        if not host_array.flags.writeable:  # e.g. IDX data read with np.frombuffer
+            host_array = host_array.copy()
+        return torch.from_numpy(host_array).to(backend.device)
     if backend.name == "cupy":
         with backend.device:
             return xp.asarray(host_array)

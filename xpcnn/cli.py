@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="passes over the training data (preset default; compare mode: 1)")
     p.add_argument("--batch-size", type=int, help="images per gradient step")
     p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr-decay", type=float,
+                   help="multiply the learning rate by this each epoch (default preset 0.8, article 1.0)")
     p.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="sgd (the article's rule), momentum, adam")
     p.add_argument("--momentum", type=float, help="momentum for --optimizer momentum (default 0.9)")
     p.add_argument("--init", choices=("uniform", "glorot", "he"),
@@ -73,6 +75,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         p.error(f"--lr must be a positive number, got {args.lr}")
+    if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
+        p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
     if args.momentum is not None and not 0 <= args.momentum < 1:
         p.error(f"--momentum must be in [0, 1), got {args.momentum}")
     for name in ("rtol", "atol"):
@@ -95,7 +99,7 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
 
 def _config(args, base: Config | None = None) -> Config:
     config = base or PRESETS[args.preset]
-    overrides = {k: v for k, v in dict(task=args.task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    overrides = {k: v for k, v in dict(task=args.task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                                        optimizer=args.optimizer, momentum=args.momentum, seed=args.seed, init=args.init,
                                        dtype=args.dtype).items() if v is not None}
     if base is not None:  # resuming: only the length of the run may change

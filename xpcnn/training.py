@@ -43,6 +43,7 @@ class Config:
     dtype: str = "float32"
     train_count: int | None = None  # use only the first N training images (the article: 200)
     shift: int = 2  # augmentation: random translation of each training image by up to this many pixels
+    lr_decay: float = 0.8  # the learning rate of epoch e (from 0) is lr * lr_decay ** e
 
 
 PRESETS = {
@@ -51,7 +52,7 @@ PRESETS = {
     # The article's network exactly: first 200 images, digit > 4, three 5x5 filters, sigmoid,
     # dense 1728 -> 1, sigmoid, 1/2 squared error, plain gradient descent, U[0, 1) initialisation.
     "article": Config(preset="article", task="binary", epochs=20, batch_size=200, lr=0.1, optimizer="sgd",
-                      momentum=0.0, loss="mse", init="uniform", train_count=200, shift=0),
+                      momentum=0.0, loss="mse", init="uniform", train_count=200, shift=0, lr_decay=1.0),
 }
 
 
@@ -153,6 +154,7 @@ class Trainer:
             else:  # resuming mid-epoch: replay the epoch's shuffle
                 self.rng.bit_generator.state = state.epoch_rng_state
             batches = batch_indices(len(train), cfg.batch_size, self.rng)
+            self.optimizer.lr = cfg.lr * cfg.lr_decay ** state.epoch  # a function of the epoch: resume-safe
             started, pending = time.perf_counter(), []
             epoch_start = state.global_step - state.step_in_epoch  # index of the epoch's first step loss
             images_done = sum(len(b) for b in batches[:state.step_in_epoch])
