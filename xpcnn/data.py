@@ -270,11 +270,11 @@ def download(directory: str | None = None, mirrors=MIRRORS, checksums=None, prog
         failures = []
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + name
+            done = 0
             try:
                 digest = hashlib.sha256()
                 with urllib.request.urlopen(url, timeout=timeout) as response, atomic_write(target) as out:
                     total = int(response.headers.get("Content-Length") or 0) or None
-                    done = 0
                     while chunk := response.read(1 << 16):
                         out.write(chunk)
                         digest.update(chunk)
@@ -289,7 +289,7 @@ def download(directory: str | None = None, mirrors=MIRRORS, checksums=None, prog
                     stream.write("\n")
                 break
             except Exception as exc:  # network error or verification failure: try the next mirror
-                if progress:
+                if progress and done:
                     stream.write("\n")
                 failures.append(f"{url}: {exc}")
         else:
