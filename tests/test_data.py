@@ -230,3 +230,12 @@ def test_download_failure_leaves_nothing(http_root, tmp_path):
     message = str(info.value)
     assert "could not download labels.gz" in message and "does not match" in message and "404" in message
     assert os.listdir(cache) == []
+
+
+def test_download_accepts_a_recompressed_copy_by_its_content_hash(http_root, tmp_path):
+    root, url = http_root
+    raw = idx_bytes(np.arange(10, dtype=np.uint8))
+    (root / "good" / "labels.gz").write_bytes(gzip.compress(raw, mtime=123))  # other gzip bytes, same content
+    checksums = {"labels.gz": (hashlib.sha256(gzip.compress(raw, mtime=0)).hexdigest(), hashlib.sha256(raw).hexdigest())}
+    data.download(str(tmp_path / "c"), mirrors=[f"{url}/good/"], checksums=checksums, progress=False)
+    assert gzip.decompress((tmp_path / "c" / "labels.gz").read_bytes()) == raw

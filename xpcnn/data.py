@@ -231,9 +231,8 @@ def cache_dir() -> str:
     return os.environ.get("XPCNN_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "xpcnn")
 
 
-def _verified(path: str, sums: tuple[str, str | None]) -> bool:
-    with open(path, "rb") as handle:
-        packed = handle.read()
+def _matches(packed: bytes, sums: tuple[str, str | None]) -> bool:
+    """The sha256 of the gzip file, or (a re-compressed copy) of its decompressed bytes."""
     if hashlib.sha256(packed).hexdigest() == sums[0]:
         return True
     if sums[1] is None:
@@ -242,6 +241,11 @@ def _verified(path: str, sums: tuple[str, str | None]) -> bool:
         return hashlib.sha256(gzip.decompress(packed)).hexdigest() == sums[1]
     except (OSError, EOFError):
         return False
+
+
+def _verified(path: str, sums: tuple[str, str | None]) -> bool:
+    with open(path, "rb") as handle:
+        return _matches(handle.read(), sums)
 
 
 def _progress(name: str, done: int, total: int | None, stream) -> None:
@@ -270,27 +274,26 @@ def download(directory: str | None = None, mirrors=MIRRORS, checksums=None, prog
         failures = []
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + name
-            done = 0
+            chunks, done = [], 0
             try:
-                digest = hashlib.sha256()
-                with urllib.request.urlopen(url, timeout=timeout) as response, atomic_write(target) as out:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
                     total = int(response.headers.get("Content-Length") or 0) or None
                     while chunk := response.read(1 << 16):
-                        out.write(chunk)
-                        digest.update(chunk)
+                        chunks.append(chunk)
                         done += len(chunk)
                         if progress:
                             _progress(name, done, total, stream)
-                    if total is not None and done != total:
-                        raise DataError(f"received {done} of {total} bytes")
-                    if digest.hexdigest() != sums[0]:
-                        raise DataError(f"sha256 {digest.hexdigest()} does not match {sums[0]}")
-                if progress:
-                    stream.write("\n")
-                break
-            except Exception as exc:  # network error or verification failure: try the next mirror
                 if progress and done:
                     stream.write("\n")
+                packed = b"".join(chunks)
+                if total is not None and done != total:
+                    raise DataError(f"received {done} of {total} bytes")
+                if not _matches(packed, sums):
+                    raise DataError(f"sha256 {hashlib.sha256(packed).hexdigest()} does not match {sums[0]}")
+                with atomic_write(target) as out:  # verified first, so only a good file is ever named
+                    out.write(packed)
+                break
+            except Exception as exc:  # network error or verification failure: try the next mirror
                 failures.append(f"{url}: {exc}")
         else:
             raise DataError(f"could not download {name}: " + "; ".join(failures))
