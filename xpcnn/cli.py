@@ -249,6 +249,7 @@ def main(argv=None) -> int:
     print(f"xpcnn: preset {config.preset}, task {config.task}, {backend.label}, {config.dtype}; "
           f"{used} training / {len(dataset.validation) if dataset.validation else 0} validation images "
           f"({dataset.source}); {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr}"
+          + (f" (x{config.lr_decay:g} per epoch)" if config.lr_decay != 1 else "")
           + (f"; resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}" if args.resume else ""),
           flush=True)
     caught = _install_signal_handlers(trainer)
