@@ -47,7 +47,7 @@ SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:CPU_DEVICE", "cupy:c
 def xpcnn_network(workload: str, filters: int, seed: int = 0) -> Sequential:
     rng = np.random.default_rng(seed)
     if workload == "article":
-        return Sequential(Conv2D(1, 3, 5, init="uniform", rng=rng), Sigmoid(), Flatten(),
+        return Sequential(Conv2D(1, 3, 5, bias=False, init="uniform", rng=rng), Sigmoid(), Flatten(),
                           Dense(1728, 1, init="uniform", rng=rng), Sigmoid())
     return Sequential(Conv2D(1, filters, 5, rng=rng), Sigmoid(), Flatten(), Dense(filters * 576, 10, rng=rng))
 
@@ -108,7 +108,7 @@ def torch_epoch(device, workload, images, targets, batch, filters, dtype):
     torch.manual_seed(0)
     tdtype = getattr(torch, dtype)
     if workload == "article":
-        net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 5), torch.nn.Sigmoid(), torch.nn.Flatten(),
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 5, bias=False), torch.nn.Sigmoid(), torch.nn.Flatten(),
                                   torch.nn.Linear(1728, 1), torch.nn.Sigmoid())
         loss_fn = lambda out, y: 0.5 * ((out - y) ** 2).sum() / out.shape[0]  # noqa: E731
         lr = 0.1

@@ -37,7 +37,7 @@ from xpcnn.model import Sequential  # noqa: E402
 
 def network(seed: int) -> Sequential:
     rng = np.random.default_rng(seed)
-    model = Sequential(Conv2D(1, 3, 5, init="glorot", rng=rng), Sigmoid(), Flatten(),
+    model = Sequential(Conv2D(1, 3, 5, bias=False, init="glorot", rng=rng), Sigmoid(), Flatten(),
                        Dense(1728, 1, init="glorot", rng=rng), Sigmoid())
     return model
 

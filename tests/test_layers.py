@@ -75,7 +75,7 @@ def test_pool_gradients(backend, rng, cls, kernel, stride, shape):
 
 def test_article_network_gradients(backend, rng):
     """The article's network (conv 5x5 x3, sigmoid, dense -> 1, sigmoid) with its loss."""
-    model = Sequential(Conv2D(1, 3, 5, init="uniform", rng=0), Sigmoid(), Flatten(),
+    model = Sequential(Conv2D(1, 3, 5, bias=False, init="uniform", rng=0), Sigmoid(), Flatten(),
                        Dense(3 * 6 * 6, 1, init="uniform", rng=1), Sigmoid())
     x = backend.asarray(rng.random((4, 1, 10, 10)), "float64")
     target = backend.asarray(np.array([[0.0], [1.0], [1.0], [0.0]]), "float64")

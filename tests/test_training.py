@@ -30,6 +30,7 @@ def test_article_preset_is_the_articles_network():
     model = build_model(config)
     assert [layer.name for layer in model.layers] == ["Conv2D", "Sigmoid", "Flatten", "Dense", "Sigmoid"]
     assert model.layers[0].params["weight"].shape == (3, 1, 5, 5)
+    assert "bias" not in model.layers[0].params  # Z1 = X * f: the article's convolution has no bias
     assert model.layers[3].params["weight"].shape == (1728, 1)
     assert config.loss == "mse" and config.optimizer == "sgd" and config.init == "uniform"
     assert config.task == "binary" and config.train_count == 200

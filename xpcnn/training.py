@@ -60,7 +60,7 @@ def build_model(config: Config) -> Sequential:
     """The preset's architecture, initialised on the host from ``config.seed``."""
     rng = np.random.default_rng(config.seed)
     if config.preset == "article":
-        body, width, dense_init = [Conv2D(1, 3, 5, init=config.init, rng=rng), Sigmoid(), Flatten()], 3 * 24 * 24, config.init
+        body, width, dense_init = [Conv2D(1, 3, 5, bias=False, init=config.init, rng=rng), Sigmoid(), Flatten()], 3 * 24 * 24, config.init
     elif config.preset == "default":
         body = [Conv2D(1, 16, 5, init=config.init, rng=rng), ReLU(), MaxPool2D(2), Flatten()]
         width, dense_init = 16 * 12 * 12, "glorot" if config.init == "he" else config.init
