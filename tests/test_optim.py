@@ -82,3 +82,11 @@ def test_optimizer_state_round_trip(backend):
 def test_bad_learning_rate(lr):
     with pytest.raises(ValueError, match="learning rate must be a positive number"):
         SGD(lr=lr)
+
+
+def test_optimizers_step_a_single_layer(backend):
+    layer = Dense(3, 2, rng=1).to(backend, dtype="float64")
+    before = {k: to_numpy(v).copy() for k, v in layer.params.items()}
+    _one_step(layer, SGD(lr=0.5), backend)
+    for name, value in layer.params.items():
+        np.testing.assert_allclose(to_numpy(value), before[name] - 0.5 * to_numpy(layer.grads[name]), rtol=1e-15)

@@ -52,8 +52,8 @@ def check_gradients(layer, x, loss=None, target=None, eps: float = 1e-6, rtol: f
     backend = backend_of(x)
     rng = np.random.default_rng(seed)
     host_x = to_numpy(x).astype(np.float64)
-    is_loss = not hasattr(layer, "backward") or getattr(layer, "params", None) is None
-    if hasattr(layer, "to") and getattr(layer, "params", None) is not None:
+    is_loss = not hasattr(layer, "params")  # losses have forward/backward but no parameters
+    if not is_loss:
         layer.to(backend, dtype="float64")
     to_device = lambda host: from_numpy(host, backend, "float64")  # noqa: E731
     target_dev = None
@@ -69,25 +69,24 @@ def check_gradients(layer, x, loss=None, target=None, eps: float = 1e-6, rtol: f
         analytic = {"input": to_numpy(layer.backward())}
         params = {}
     else:
-        out = layer.forward(to_device(host_x))
-        weights = rng.standard_normal(tuple(out.shape))
+        output = layer.forward(to_device(host_x))
+        weights = rng.standard_normal(tuple(output.shape))
         weights_dev = to_device(weights)
 
         def objective(x_dev):
-            output = layer.forward(x_dev)
+            result = layer.forward(x_dev)
             if loss is not None:
-                return float(to_numpy(loss.forward(output, target_dev)))
-            return float(np.sum(to_numpy(output) * weights))
+                return float(to_numpy(loss.forward(result, target_dev)))
+            return float(np.sum(to_numpy(result) * weights))
 
-        output = layer.forward(to_device(host_x))
         if loss is not None:
             loss.forward(output, target_dev)
             grad_in = layer.backward(loss.backward())
         else:
             grad_in = layer.backward(weights_dev)
         analytic = {"input": to_numpy(grad_in)}
-        params = {name: to_numpy(value).astype(np.float64).copy() for name, value in _named(layer)}
-        grads = dict(_named_grads(layer))
+        params = {name: to_numpy(value).astype(np.float64).copy() for name, value in layer.named_parameters()}
+        grads = dict(layer.named_gradients())
         for name in params:
             analytic[name] = to_numpy(grads[name])
 
@@ -96,32 +95,13 @@ def check_gradients(layer, x, loss=None, target=None, eps: float = 1e-6, rtol: f
     results.append(_compare("input", analytic["input"].reshape(-1)[indices], numeric, rtol, atol))
     for name, host_value in params.items():
         def objective_for(value_dev, name=name):
-            _set(layer, name, value_dev)
+            layer.set_parameter(name, value_dev)
             return objective(to_device(host_x))
 
         indices, numeric = _numeric(objective_for, host_value, to_device, eps, max_elements, rng)
-        _set(layer, name, to_device(host_value))
+        layer.set_parameter(name, to_device(host_value))
         results.append(_compare(name, analytic[name].reshape(-1)[indices], numeric, rtol, atol))
     return results
-
-
-def _named(layer):
-    if hasattr(layer, "named_parameters"):
-        return list(layer.named_parameters())
-    return list(layer.params.items())
-
-
-def _named_grads(layer):
-    if hasattr(layer, "named_gradients"):
-        return list(layer.named_gradients())
-    return list(layer.grads.items())
-
-
-def _set(layer, name, value):
-    if hasattr(layer, "set_parameter"):
-        layer.set_parameter(name, value)
-    else:
-        layer.params[name] = value
 
 
 def _compare(name, analytic, numeric, rtol, atol) -> GradCheckResult:

@@ -87,6 +87,17 @@ class Layer:
     def __call__(self, x):
         return self.forward(x)
 
+    def named_parameters(self):
+        """(name, array) pairs; a Sequential prefixes them with the layer's index."""
+        return iter(self.params.items())
+
+    def named_gradients(self):
+        return iter(self.grads.items())
+
+    def set_parameter(self, name: str, value) -> None:
+        """Replace (never mutate) one parameter: what optimizers call."""
+        self.params[name] = value
+
     def config(self) -> dict:
         """Constructor arguments, enough to rebuild the architecture."""
         return {}

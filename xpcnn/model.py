@@ -60,9 +60,8 @@ class Sequential(Layer):
         return self.layers[int(index)], name
 
     def set_parameter(self, qualified: str, value) -> None:
-        """Replace (never mutate) one parameter: what optimizers call."""
         layer, name = self._owner(qualified)
-        layer.params[name] = value
+        layer.set_parameter(name, value)
 
     @property
     def params(self):
