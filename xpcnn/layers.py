@@ -55,20 +55,18 @@ def _window(i: int, j: int, stride: int, out_h: int, out_w: int):
             slice(j, j + stride * (out_w - 1) + 1, stride))
 
 
-def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int, axis: int = 2):
-    """One strided slice of x (.., .., H, W) per kernel offset, stacked along ``axis``:
-    (A, B, H, W) -> (A, B, kh*kw, out_h, out_w) for axis 2, (A, kh*kw, B, out_h, out_w) for axis 1."""
-    return xp.stack([x[_window(i, j, stride, out_h, out_w)] for i in range(kh) for j in range(kw)], axis=axis)
+def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
+    """One strided slice of x (N, C, H, W) per kernel offset, stacked: (N, C, kh*kw, out_h, out_w)."""
+    return xp.stack([x[_window(i, j, stride, out_h, out_w)] for i in range(kh) for j in range(kw)], axis=2)
 
 
-def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int, axis: int = 2):
+def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int):
     """Adjoint of :func:`im2col`: scatter-add each offset's slice back (array-api-extra ``at``)."""
     out_h, out_w = cols.shape[-2], cols.shape[-1]
     grad = xp.zeros(padded_shape, dtype=cols.dtype, device=device_of(cols))
     for k in range(kh * kw):
         i, j = divmod(k, kw)
-        piece = cols[(slice(None),) * axis + (k, ...)]
-        grad = xpx.at(grad)[_window(i, j, stride, out_h, out_w)].add(piece, xp=xp)
+        grad = xpx.at(grad)[_window(i, j, stride, out_h, out_w)].add(cols[:, :, k, ...], xp=xp)
     return grad
 
 
@@ -174,39 +172,38 @@ class Conv2D(Layer):
         _, out_h, out_w = self.output_shape(h, w)
         if x.dtype != weight.dtype:
             raise TypeError(f"{self.name}: input dtype {x.dtype} does not match parameter dtype {weight.dtype}")
-        # Channels-first layout (C, N, H, W): the columns become one (C*kh*kw, N*L) matrix and
-        # the whole batch is one matrix product f.cols instead of N small ones.
+        # One strided slice of the (padded) input per kernel offset, stacked so that image n's
+        # columns form a (C*kh*kw, L) matrix; the filters then multiply every image at once:
+        # f (out, C*kh*kw) @ cols (N, C*kh*kw, L) -> Z1 (N, out, L), already batch-first.
         p = self.padding
-        x_cn = xp.permute_dims(x, (1, 0, 2, 3))
-        padded = xpx.pad(x_cn, ((0, 0), (0, 0), (p, p), (p, p)), xp=xp) if p else x_cn
-        cols = im2col(xp, padded, self.kh, self.kw, self.stride, out_h, out_w, axis=1)  # (C, K, N, oh, ow)
-        cols = xp.reshape(cols, (c * self.kh * self.kw, n * out_h * out_w))
-        z = xp.matmul(xp.reshape(weight, (self.out_channels, -1)), cols)  # (out, N*L)
+        padded = xpx.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), xp=xp) if p else x
+        cols = im2col(xp, padded, self.kh, self.kw, self.stride, out_h, out_w)  # (N, C, K, oh, ow)
+        cols = xp.reshape(cols, (n, c * self.kh * self.kw, out_h * out_w))
+        z = xp.matmul(xp.reshape(weight, (self.out_channels, -1)), cols)  # (N, out, L)
         if bias is not None:
             z = z + bias[:, None]
-        self._cache = (cols, tuple(padded.shape), (n, out_h, out_w))
-        return xp.permute_dims(xp.reshape(z, (self.out_channels, n, out_h, out_w)), (1, 0, 2, 3))
+        self._cache = (cols, tuple(padded.shape))
+        return xp.reshape(z, (n, self.out_channels, out_h, out_w))
 
     def backward(self, grad_out, input_grad: bool = True):
         """``input_grad=False`` skips dE/dX (the first layer of a network needs none)."""
-        cols, padded_shape, (n, out_h, out_w) = self._cache
+        cols, padded_shape = self._cache
         weight = self.params["weight"]
         xp = namespace(grad_out, weight, where=f"{self.name}.backward")
-        grad_z = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (self.out_channels, n * out_h * out_w))
-        # dE/df = G.cols^T, computed as (cols.G^T)^T: the long N*L axis is then the
-        # contiguous inner axis of both operands, which BLAS reads fastest.
-        self.grads["weight"] = xp.reshape(xp.matmul(cols, grad_z.T).T, weight.shape)
+        n, _, out_h, out_w = grad_out.shape
+        grad_z = xp.reshape(grad_out, (n, self.out_channels, out_h * out_w))  # G = dE/dZ1
+        # dE/df = sum over images of G_n.cols_n^T (one batched product, then a sum over N)
+        grad_weight = xp.sum(xp.matmul(grad_z, xp.permute_dims(cols, (0, 2, 1))), axis=0)
+        self.grads["weight"] = xp.reshape(grad_weight, weight.shape)
         if self.bias:
-            self.grads["bias"] = xp.sum(grad_z, axis=1)
+            self.grads["bias"] = xp.sum(grad_z, axis=(0, 2))
         if not input_grad:
             return None
-        grad_cols = xp.matmul(xp.reshape(weight, (self.out_channels, -1)).T, grad_z)  # (C*K, N*L)
-        grad_cols = xp.reshape(grad_cols, (self.in_channels, self.kh * self.kw, n, out_h, out_w))
-        grad_padded = col2im(xp, grad_cols, padded_shape, self.kh, self.kw, self.stride, axis=1)
+        grad_cols = xp.matmul(xp.reshape(weight, (self.out_channels, -1)).T, grad_z)  # (N, C*K, L)
+        grad_cols = xp.reshape(grad_cols, (n, self.in_channels, self.kh * self.kw, out_h, out_w))
+        grad_padded = col2im(xp, grad_cols, padded_shape, self.kh, self.kw, self.stride)
         p = self.padding
-        if p:
-            grad_padded = grad_padded[:, :, p:padded_shape[2] - p, p:padded_shape[3] - p]
-        return xp.permute_dims(grad_padded, (1, 0, 2, 3))
+        return grad_padded[:, :, p:padded_shape[2] - p, p:padded_shape[3] - p] if p else grad_padded
 
 
 class Dense(Layer):
