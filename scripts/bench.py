@@ -20,6 +20,7 @@ timings synchronise the device before the clock is read.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -33,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from xpcnn import data  # noqa: E402
 from xpcnn.backend import available, parse_spec, resolve  # noqa: E402
-from xpcnn.files import write_json  # noqa: E402
+from xpcnn.files import check_writable_dir, write_json  # noqa: E402
 from xpcnn.layers import Conv2D, Dense, Flatten, Sigmoid  # noqa: E402
 from xpcnn.losses import MSELoss, SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.model import Sequential  # noqa: E402
@@ -276,6 +277,12 @@ def main(argv=None) -> int:
         parser.error("--batch-sizes and --filters take comma-separated integers")
     if min(batch_sizes) < 1 or min(filter_counts) < 1:
         parser.error("--batch-sizes and --filters must be >= 1")
+    # Check what would fail at the end before spending minutes on timings.
+    problem = check_writable_dir(os.path.dirname(os.path.abspath(args.out)))
+    if problem:
+        parser.error(f"--out: {problem}")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib: pip install 'xpcnn[plot]'")
     specs = available([s for s in args.backends.split(",") if s])
     report = {"machine": machine(), "results": []}
     print(f"machine: {report['machine']}")

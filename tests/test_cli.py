@@ -59,6 +59,7 @@ def test_unwritable_out(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert "--out: cannot create" in usage_error(capsys, "--out", str(blocker / "sub"))
+    assert "is not a folder" in usage_error(capsys, "--out", str(blocker))
 
 
 def one_line_error(capsys, *argv) -> str:

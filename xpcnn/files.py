@@ -37,6 +37,8 @@ def write_json(path, data) -> None:
 def check_writable_dir(path: str | os.PathLike) -> str | None:
     """None if ``path`` is (or can be made) a writable folder, else why not."""
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path!r} is not a folder"
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
