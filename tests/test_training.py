@@ -125,3 +125,32 @@ def test_memory_does_not_grow(small):
     trainer = Trainer(dataclasses.replace(SMALL, epochs=10), resolve("numpy"))
     trainer.fit(train, validation, on_epoch=lambda r: rss.__setitem__(r.epoch, process.memory_info().rss))
     assert rss[10] <= rss[2] * 1.03, {k: v / 1e6 for k, v in rss.items()}
+
+
+HOST_READS = ("__array__", "__bool__", "__buffer__", "__complex__", "__dlpack__", "__float__", "__index__",
+              "__int__", "to_device")
+
+
+@pytest.mark.parametrize("preset", ["default", "article"])
+def test_a_training_step_reads_nothing_back_from_the_device(preset, small, monkeypatch):
+    """The issue's GPU rule (no host-device synchronisation inside a step), checked on the CPU:
+    every way an array_api_strict array can reach the host or Python raises during the steps;
+    only Trainer._sync, which reads the losses for the log, may do it afterwards."""
+    array_api_strict = pytest.importorskip("array_api_strict")
+    train, _ = small
+    config = dataclasses.replace(PRESETS[preset], batch_size=32, train_count=None)
+    trainer = Trainer(config, resolve("array_api_strict", "device1"))
+    targets = data.task_targets(train.labels, config.task)
+    array_type = type(array_api_strict.asarray(0.0))
+
+    def refuse(name):
+        def read(self, *args, **kwargs):
+            raise AssertionError(f"a training step called Array.{name}: a device -> host read")
+        return read
+
+    with monkeypatch.context() as patch:
+        for name in HOST_READS:
+            patch.setattr(array_type, name, refuse(name))
+        losses = [trainer.step(train.images[i:i + 32], targets[i:i + 32]) for i in range(0, 96, 32)]
+    trainer._sync(losses, 0)
+    assert len(trainer.state.step_losses) == 3 and all(np.isfinite(trainer.state.step_losses))
