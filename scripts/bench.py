@@ -28,7 +28,13 @@ import statistics
 import sys
 import time
 
-import numpy as np
+# NumPy's OpenBLAS keeps its worker threads spinning for about 0.1 s of CPU after every matrix
+# product.  On a small machine they then hold the cores that the next implementation in the
+# round-robin needs: PyTorch measured up to 2x slower right after an xpcnn epoch.  Let them sleep
+# at once (before NumPy loads OpenBLAS; a value set by the user wins).  docs/performance.md.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -251,7 +257,7 @@ def print_table(result: dict) -> None:
 
 def machine() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "numpy": np.__version__}
+            "numpy": np.__version__, "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}
     try:
         import torch
 
