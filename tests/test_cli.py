@@ -45,6 +45,8 @@ def usage_error(capsys, *argv) -> str:
     (["--lr-decay", "1.5"], "--lr-decay must be in (0, 1], got 1.5"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--compare", "numpy,array_api_strict", "--threads", "2"], "--compare runs each backend single-threaded"),
     (["--data", "/nonexistent/mnist"], "--data: /nonexistent/mnist: no such file or folder"),
     (["--compare", "numpy"], "--compare needs at least two backends"),
     (["--compare", "numpy,mxnet"], "--compare: unknown backend 'mxnet'"),
@@ -124,6 +126,17 @@ def test_compare_fail_exits_1(capsys, tmp_path, tiny_npz):
     code = main(["--compare", "numpy,torch", "--data", tiny_npz, "--rtol", "0", "--atol", "0", "--out", str(tmp_path),
                  "--quiet"])
     assert code == 1 and "parity FAIL" in capsys.readouterr().out
+
+
+def test_threads_train_the_same_run(capsys, tmp_path, tiny_npz):
+    runs = {}
+    for threads in ("1", "2"):
+        out = tmp_path / f"t{threads}"
+        assert main(["--data", tiny_npz, "--epochs", "1", "--dtype", "float64", "--threads", threads,
+                     "--out", str(out), "--quiet"]) == 0
+        runs[threads] = json.loads((out / "metrics.json").read_text())
+    assert "2 threads per batch" in capsys.readouterr().out
+    assert runs["2"]["history"][0]["loss"] == pytest.approx(runs["1"]["history"][0]["loss"], rel=1e-10)
 
 
 def test_divergence_exit_3_keeps_last_checkpoint(capsys, tmp_path, tiny_npz):

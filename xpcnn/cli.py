@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, help="parity relative tolerance (default per dtype, see docs/parity.md)")
     p.add_argument("--atol", type=float, help="parity absolute tolerance (default per dtype)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint.npz (any backend)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="split each batch over this many threads (CPU backends; the same step up to float "
+                        "rounding, BLAS then runs one thread each; default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -83,6 +86,10 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             p.error(f"--{name} must be a non-negative number, got {value}")
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.compare and args.threads != 1:
+        p.error("--compare runs each backend single-threaded; drop --threads")
     if args.compare and args.resume:
         p.error("--compare and --resume cannot be combined")
     if args.compare and (args.backend or args.device):
@@ -238,7 +245,7 @@ def main(argv=None) -> int:
     if evaluation is not None and evaluation.test is None:
         p.error(f"--eval-data: {args.eval_data} has no test split")
 
-    trainer = Trainer(config, backend)
+    trainer = Trainer(config, backend, threads=args.threads)
     if args.resume:
         try:
             trainer.resume(args.resume)
@@ -250,6 +257,7 @@ def main(argv=None) -> int:
           f"{used} training / {len(dataset.validation) if dataset.validation else 0} validation images "
           f"({dataset.source}); {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr}"
           + (f" (x{config.lr_decay:g} per epoch)" if config.lr_decay != 1 else "")
+          + (f"; {args.threads} threads per batch" if args.threads != 1 else "")
           + (f"; resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}" if args.resume else ""),
           flush=True)
     caught = _install_signal_handlers(trainer)
