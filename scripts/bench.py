@@ -45,6 +45,7 @@ from xpcnn.layers import Conv2D, Dense, Flatten, Sigmoid  # noqa: E402
 from xpcnn.losses import MSELoss, SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.model import Sequential  # noqa: E402
 from xpcnn.optim import SGD  # noqa: E402
+from xpcnn.parallel import ThreadedStep, single_threaded_blas  # noqa: E402
 
 SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:CPU_DEVICE", "cupy:cuda", "torch:cuda"]
 
@@ -86,24 +87,35 @@ def _sync(backend) -> None:
         torch.cuda.synchronize()
 
 
-def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype):
-    """A closure that trains xpcnn for one epoch on ``spec``."""
+def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=1):
+    """A closure that trains xpcnn for one epoch on ``spec``; ``threads`` > 1 splits every
+    batch over that many threads (xpcnn.parallel, BLAS one thread each)."""
     backend = resolve(*parse_spec(spec))
     model = xpcnn_network(workload, filters).to(backend, dtype=dtype)
     loss_fn = MSELoss() if workload == "article" else SoftmaxCrossEntropyLoss()
     optimizer = SGD(0.1 if workload == "article" else 0.05)
     batches = batches_of(len(images), batch)
+    threaded = ThreadedStep(model, loss_fn, threads) if threads > 1 else None
 
-    def epoch():
+    def train_epoch():
         loss = None
         for index in batches:
             x = data.to_batch(images[index], backend, dtype)
             y = data.targets_to_batch(targets[index], backend, dtype)
-            loss = loss_fn(model(x), y)
-            model.backward(loss_fn.backward(), input_grad=False)
+            if threaded:
+                loss = threaded(x, y)
+            else:
+                loss = loss_fn(model(x), y)
+                model.backward(loss_fn.backward(), input_grad=False)
             optimizer.step(model)
         _sync(backend)
         return loss
+
+    def epoch():
+        if not threaded:
+            return train_epoch()
+        with single_threaded_blas(backend):
+            return train_epoch()
 
     return epoch
 
@@ -205,16 +217,21 @@ def torch_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=True) -> dict:
+def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=True, threads=1) -> dict:
     images, targets = workload_data(workload, None)
     if workload == "article":
         batch = len(images)
     epochs = {spec: xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype) for spec in specs}
+    if threads > 1 and "numpy" in specs:
+        epochs[f"numpy/{threads}threads"] = xpcnn_epoch("numpy", workload, images, targets, batch, filters, dtype,
+                                                        threads)
     for device in torch_devices():
         epochs[f"torch-native:{device}"] = torch_epoch(device, workload, images, targets, batch, filters, dtype)
     rows = []
     for spec, times in interleaved(epochs, repeats).items():
         impl = f"pytorch nn {spec.split(':')[1]}" if spec.startswith("torch-native") else f"xpcnn {spec}"
+        if spec.endswith("threads"):
+            impl = f"xpcnn numpy, {spec.split('/')[1].replace('threads', '')} threads"
         rows.append({"impl": impl, "spec": spec, "epoch_s": statistics.median(times), "times": times})
     if naive:
         seconds = naive_epoch_seconds(workload, images, targets, filters, naive_subset)
@@ -280,6 +297,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backends", default=",".join(SPECS), help="xpcnn backends to time (those available)")
     parser.add_argument("--naive-subset", type=int, default=20, help="images the naive loops are timed on")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="also time xpcnn on NumPy with each batch split over this many threads "
+                             "(xpcnn.parallel; 1: no such row; default: 2 where there are 2 cores)")
     parser.add_argument("--scale", action="store_true",
                         help="also time numpy on 5,000 and 60,000 images (linear-scaling check)")
     parser.add_argument("--out", default="bench.json")
@@ -287,6 +307,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
     try:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
         filter_counts = [int(f) for f in args.filters.split(",")]
@@ -304,13 +326,13 @@ def main(argv=None) -> int:
     report = {"machine": machine(), "results": []}
     print(f"machine: {report['machine']}")
     if args.workload in ("article", "both"):
-        result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset)
+        result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads)
         print_table(result)
         report["results"].append(result)
     if args.workload in ("bench", "both"):
         for filters in filter_counts:
             for batch in batch_sizes:
-                result = run("bench", batch, filters, args.dtype, args.repeats, specs, args.naive_subset,
+                result = run("bench", batch, filters, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,
                              naive=(batch == batch_sizes[0]))
                 print_table(result)
                 report["results"].append(result)
