@@ -189,12 +189,9 @@ def namespace(*arrays, where: str = "xpcnn"):
     except TypeError:
         kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
         raise TypeError(f"{where}: arrays from different libraries mixed in one call: {' and '.join(kinds)}") from None
-    devices = []
-    for a in arrays:
-        d = array_api_compat.device(a)
-        if all(d != seen for seen in devices):
-            devices.append(d)
-    if len(devices) > 1:
+    devices = [array_api_compat.device(a) for a in arrays]
+    if any(d != devices[0] for d in devices[1:]):  # (called in every layer: keep the common case short)
+        devices = [d for i, d in enumerate(devices) if all(d != seen for seen in devices[:i])]
         raise ValueError(
             f"{where}: arrays on different devices mixed in one call: "
             + " and ".join(device_name(d) for d in devices)
