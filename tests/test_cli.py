@@ -46,6 +46,8 @@ def usage_error(capsys, *argv) -> str:
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
     (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--device", "cuda", "--threads", "2"], "--threads splits each batch over CPU cores; drop it for a GPU"),
+    (["--backend", "cupy", "--threads", "2"], "--threads splits each batch over CPU cores; drop it for a GPU"),
     (["--compare", "numpy,array_api_strict", "--threads", "2"], "--compare runs each backend single-threaded"),
     (["--data", "/nonexistent/mnist"], "--data: /nonexistent/mnist: no such file or folder"),
     (["--compare", "numpy"], "--compare needs at least two backends"),

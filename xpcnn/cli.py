@@ -88,6 +88,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--{name} must be a non-negative number, got {value}")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.threads != 1 and ((args.device or "").startswith("cuda") or args.backend == "cupy"):
+        p.error("--threads splits each batch over CPU cores; drop it for a GPU")
     if args.compare and args.threads != 1:
         p.error("--compare runs each backend single-threaded; drop --threads")
     if args.compare and args.resume:
