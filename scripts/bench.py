@@ -223,15 +223,13 @@ def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=Tru
         batch = len(images)
     epochs = {spec: xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype) for spec in specs}
     if threads > 1 and "numpy" in specs:
-        epochs[f"numpy/{threads}threads"] = xpcnn_epoch("numpy", workload, images, targets, batch, filters, dtype,
+        epochs[f"numpy, {threads} threads"] = xpcnn_epoch("numpy", workload, images, targets, batch, filters, dtype,
                                                         threads)
     for device in torch_devices():
         epochs[f"torch-native:{device}"] = torch_epoch(device, workload, images, targets, batch, filters, dtype)
     rows = []
     for spec, times in interleaved(epochs, repeats).items():
         impl = f"pytorch nn {spec.split(':')[1]}" if spec.startswith("torch-native") else f"xpcnn {spec}"
-        if spec.endswith("threads"):
-            impl = f"xpcnn numpy, {spec.split('/')[1].replace('threads', '')} threads"
         rows.append({"impl": impl, "spec": spec, "epoch_s": statistics.median(times), "times": times})
     if naive:
         seconds = naive_epoch_seconds(workload, images, targets, filters, naive_subset)
