@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from xpcnn import data  # noqa: E402
 from xpcnn.backend import available, parse_spec, resolve  # noqa: E402
-from xpcnn.files import check_writable_dir, write_json  # noqa: E402
+from xpcnn.files import check_writable_file, write_json  # noqa: E402
 from xpcnn.layers import Conv2D, Dense, Flatten, Sigmoid  # noqa: E402
 from xpcnn.losses import MSELoss, SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.model import Sequential  # noqa: E402
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
     if min(batch_sizes) < 1 or min(filter_counts) < 1:
         parser.error("--batch-sizes and --filters must be >= 1")
     # Check what would fail at the end before spending minutes on timings.
-    problem = check_writable_dir(os.path.dirname(os.path.abspath(args.out)))
+    problem = check_writable_file(args.out)
     if problem:
         parser.error(f"--out: {problem}")
     if args.plot and importlib.util.find_spec("matplotlib") is None:

@@ -52,6 +52,15 @@ def test_bench_checks_its_output_folder_before_timing(tmp_path, capsys):
     assert "workload article" not in out  # nothing was timed
 
 
+def test_bench_rejects_a_folder_as_its_output_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        load("bench").main(["--workload", "article", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert "--out" in err and "is a folder" in err and "bench.json" in err
+    assert "workload article" not in out  # nothing was timed
+
+
 def test_bench_creates_a_missing_output_folder(tmp_path):
     out = tmp_path / "new" / "bench.json"
     assert load("bench").main(["--workload", "article", "--repeats", "1", "--naive-subset", "1",

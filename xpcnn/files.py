@@ -51,3 +51,12 @@ def check_writable_dir(path: str | os.PathLike) -> str | None:
     except OSError as exc:
         return f"cannot write in {path!r}: {exc.strerror}"
     return None
+
+
+def check_writable_file(path: str | os.PathLike) -> str | None:
+    """None if a file can be written (atomically) at ``path``, else why not: checked before
+    a long run, so that the run's results are not lost at the end."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return f"{path!r} is a folder; give a file name (e.g. {os.path.join(path, 'bench.json')!r})"
+    return check_writable_dir(os.path.dirname(os.path.abspath(path)))
