@@ -76,16 +76,17 @@ def correlate_filters(x: np.ndarray, grad_z1: np.ndarray) -> np.ndarray:
 def variants(model, x, y) -> dict[str, np.ndarray]:
     conv, sig1, flat, dense, sig2 = model.layers
     loss = MSELoss()
-    a = sig1(conv(x))
+    loss(model(x), y)
+    model.backward(loss.backward())  # xpcnn's own path, for row 1
+    ours = model.layers[0].grads["weight"].copy()
+
+    a = sig1(conv(x))  # again, layer by layer, to take dE/dZ1 apart by hand
     z2 = dense(flat(a))
     loss(sig2(z2), y)
     grad_z2 = sig2.backward(loss.backward())
     grad_a_flat = dense.backward(grad_z2)  # (N, 1728)
     grad_z1 = grad_a_flat.reshape(a.shape) * a * (1 - a)  # (N, 3, 24, 24)
     n = x.shape[0]
-
-    model.backward(loss.backward())  # xpcnn's own path, for row 1
-    ours = model.layers[0].grads["weight"].copy()
 
     batch_mean = correlate_filters(x, np.broadcast_to(grad_z1.mean(axis=0, keepdims=True), grad_z1.shape))
     resized = np.resize(grad_a_flat.T, (n, 3, 24, 24)) * a * (1 - a)
@@ -97,10 +98,10 @@ def normalised_variant(model, x, y) -> np.ndarray:
     """Forward with Z2 / max|Z2|, backward as if the division were not there."""
     conv, sig1, flat, dense, sig2 = model.layers
     loss = MSELoss()
-    z2 = dense(flat(sig1(conv(x))))
+    a = sig1(conv(x))
+    z2 = dense(flat(a))
     loss(sig2(z2 / np.max(np.abs(z2))), y)
     grad_a = dense.backward(sig2.backward(loss.backward()))  # as if O = sigma(Z2)
-    a = sig1._output
     return correlate_filters(x, grad_a.reshape(a.shape) * a * (1 - a))
 
 

@@ -103,3 +103,31 @@ def test_save_and_load_npz_on_any_backend(tmp_path, backend, rng):
     x = rng.random((2, 1, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(to_numpy(loaded(backend.asarray(x))), to_numpy(model(x)), rtol=1e-5, atol=1e-6)
     assert [f for f in os.listdir(tmp_path)] == ["model.npz"]
+
+
+def test_backward_releases_what_forward_saved(backend, rng):
+    """Each layer keeps its activations only from forward to backward: a second backward has
+    nothing to go back through and says so, naming the layer."""
+    model = small_model().to(backend, dtype="float32")
+    x = backend.asarray(rng.random((2, 1, 8, 8)), "float32")
+    grad = backend.asarray(np.ones((2, 4)), "float32")
+    model(x)
+    model.backward(grad)
+    with pytest.raises(RuntimeError, match=r"Dense\.backward: no forward pass"):
+        model.backward(grad)
+    model(x)  # a new forward makes backward possible again
+    assert model.backward(grad).shape == (2, 1, 8, 8)
+
+
+def test_inference_forward_keeps_nothing_and_restores_training(backend, rng):
+    model = small_model().to(backend, dtype="float32")
+    x = backend.asarray(rng.random((2, 1, 8, 8)), "float32")
+    with model.inference():
+        inferred = to_numpy(model(x))
+    with pytest.raises(RuntimeError, match="inference"):
+        model.backward(backend.asarray(np.ones((2, 4)), "float32"))
+    np.testing.assert_array_equal(to_numpy(model(x)), inferred)  # same numbers either way
+    model.backward(backend.asarray(np.ones((2, 4)), "float32"))  # training forward saved again
+    with pytest.raises(KeyError), model.inference():
+        raise KeyError("an error inside the block")
+    assert all(layer.saving for layer in model.layers)

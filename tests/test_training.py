@@ -25,6 +25,17 @@ def test_default_preset_learns(small):
     assert history[-1]["val_accuracy"] > 0.75
 
 
+def test_steps_and_evaluation_hold_no_activations_afterwards(small):
+    """Nothing a step or an evaluation computed stays alive in the layers (memory between steps)."""
+    train, validation = small
+    trainer = Trainer(SMALL, resolve("numpy"))
+    trainer.step(train.images[:50], train.labels[:50])
+    assert all(layer._saved is None for layer in trainer.model.layers)
+    trainer.evaluate(validation)
+    trainer.predict(validation.images[:10])
+    assert all(layer._saved is None for layer in trainer.model.layers)
+
+
 def test_article_preset_is_the_articles_network():
     config = PRESETS["article"]
     model = build_model(config)

@@ -3,6 +3,8 @@ between backends."""
 
 from __future__ import annotations
 
+import contextlib
+
 from .backend import Backend, backend_of, dtype_name, resolve, to_numpy, transfer
 from .layers import LAYER_TYPES, Conv2D, Dense, Layer
 
@@ -33,6 +35,19 @@ class Sequential(Layer):
         if input_grad or not isinstance(first, (Conv2D, Dense)):
             return first.backward(grad_out)
         return first.backward(grad_out, input_grad=False)
+
+    @contextlib.contextmanager
+    def inference(self):
+        """``with model.inference(): model(x)`` -- forward passes that keep nothing for a
+        backward pass (prediction, evaluation): no activations held after the call."""
+        previous = [layer.saving for layer in self.layers]
+        try:
+            for layer in self.layers:
+                layer.saving = False
+            yield self
+        finally:
+            for layer, saving in zip(self.layers, previous):
+                layer.saving = saving
 
     def infer_shape(self, shape: tuple) -> tuple:
         """Propagate a per-example input shape through every layer, e.g. (1, 28, 28) -> (10,).

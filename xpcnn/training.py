@@ -219,8 +219,9 @@ class Trainer:
 
     def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Host predictions: class indices (multiclass) or 0/1 (binary)."""
-        out = [self._classes(self.model(to_batch(images[start:start + batch_size], self.backend, self.config.dtype)))
-               for start in range(0, len(images), batch_size)]
+        with self.model.inference():
+            out = [self._classes(self.model(to_batch(images[start:start + batch_size], self.backend, self.config.dtype)))
+                   for start in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def evaluate(self, split: Split, batch_size: int = 500, predictions: bool = False):
@@ -228,7 +229,8 @@ class Trainer:
         targets = task_targets(split.labels, self.config.task)
         loss_sum, predicted = 0.0, []
         for start in range(0, len(split), batch_size):
-            output = self.model(to_batch(split.images[start:start + batch_size], self.backend, self.config.dtype))
+            with self.model.inference():
+                output = self.model(to_batch(split.images[start:start + batch_size], self.backend, self.config.dtype))
             batch_targets = targets_to_batch(targets[start:start + batch_size], self.backend, self.config.dtype)
             loss_sum += float(to_numpy(self.loss_fn(output, batch_targets))) * output.shape[0]
             predicted.append(self._classes(output))
