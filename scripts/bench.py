@@ -45,7 +45,7 @@ from xpcnn.layers import Conv2D, Dense, Flatten, Sigmoid  # noqa: E402
 from xpcnn.losses import MSELoss, SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.model import Sequential  # noqa: E402
 from xpcnn.optim import SGD  # noqa: E402
-from xpcnn.parallel import ThreadedStep, single_threaded_blas  # noqa: E402
+from xpcnn.parallel import SplitStep, single_threaded_blas  # noqa: E402
 
 SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:CPU_DEVICE", "cupy:cuda", "torch:cuda"]
 
@@ -87,23 +87,24 @@ def _sync(backend) -> None:
         torch.cuda.synchronize()
 
 
-def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=1):
+def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=1, chunk=None):
     """A closure that trains xpcnn for one epoch on ``spec``; ``threads`` > 1 splits every
-    batch over that many threads (xpcnn.parallel, BLAS one thread each)."""
+    batch over that many threads (xpcnn.parallel, BLAS one thread each), ``chunk`` runs it as
+    pieces of at most that many images."""
     backend = resolve(*parse_spec(spec))
     model = xpcnn_network(workload, filters).to(backend, dtype=dtype)
     loss_fn = MSELoss() if workload == "article" else SoftmaxCrossEntropyLoss()
     optimizer = SGD(0.1 if workload == "article" else 0.05)
     batches = batches_of(len(images), batch)
-    threaded = ThreadedStep(model, loss_fn, threads) if threads > 1 else None
+    split = SplitStep(model, loss_fn, threads, chunk) if threads > 1 or chunk else None
 
     def train_epoch():
         loss = None
         for index in batches:
             x = data.to_batch(images[index], backend, dtype)
             y = data.targets_to_batch(targets[index], backend, dtype)
-            if threaded:
-                loss = threaded(x, y)
+            if split:
+                loss = split(x, y)
             else:
                 loss = loss_fn(model(x), y)
                 model.backward(loss_fn.backward(), input_grad=False)
@@ -112,7 +113,7 @@ def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=
         return loss
 
     def epoch():
-        if not threaded:
+        if threads == 1:
             return train_epoch()
         with single_threaded_blas(backend):
             return train_epoch()
@@ -217,14 +218,18 @@ def torch_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=True, threads=1) -> dict:
+def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=True, threads=1, chunk=None) -> dict:
     images, targets = workload_data(workload, None)
     if workload == "article":
         batch = len(images)
     epochs = {spec: xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype) for spec in specs}
-    if threads > 1 and "numpy" in specs:
-        epochs[f"numpy, {threads} threads"] = xpcnn_epoch("numpy", workload, images, targets, batch, filters, dtype,
-                                                        threads)
+    if "numpy" in specs:  # the same NumPy code with each batch cut into shares (xpcnn.parallel)
+        pieces = f", chunks of {chunk}" if chunk else ""
+        if chunk:
+            epochs[f"numpy{pieces}"] = xpcnn_epoch("numpy", workload, images, targets, batch, filters, dtype, 1, chunk)
+        if threads > 1:
+            epochs[f"numpy, {threads} threads{pieces}"] = xpcnn_epoch("numpy", workload, images, targets, batch,
+                                                                    filters, dtype, threads, chunk)
     for device in torch_devices():
         epochs[f"torch-native:{device}"] = torch_epoch(device, workload, images, targets, batch, filters, dtype)
     rows = []
@@ -298,6 +303,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="also time xpcnn on NumPy with each batch split over this many threads "
                              "(xpcnn.parallel; 1: no such row; default: 2 where there are 2 cores)")
+    parser.add_argument("--chunk", type=int, default=64,
+                        help="also time xpcnn on NumPy with each batch run as pieces of at most this many "
+                             "images, and use them in the threads row (0: no pieces; default 64)")
     parser.add_argument("--scale", action="store_true",
                         help="also time numpy on 5,000 and 60,000 images (linear-scaling check)")
     parser.add_argument("--out", default="bench.json")
@@ -307,6 +315,8 @@ def main(argv=None) -> int:
         parser.error("--repeats must be >= 1")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.chunk < 0:
+        parser.error("--chunk must be >= 0")
     try:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
         filter_counts = [int(f) for f in args.filters.split(",")]
@@ -324,14 +334,15 @@ def main(argv=None) -> int:
     report = {"machine": machine(), "results": []}
     print(f"machine: {report['machine']}")
     if args.workload in ("article", "both"):
-        result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads)
+        result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,
+                     chunk=args.chunk or None)
         print_table(result)
         report["results"].append(result)
     if args.workload in ("bench", "both"):
         for filters in filter_counts:
             for batch in batch_sizes:
                 result = run("bench", batch, filters, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,
-                             naive=(batch == batch_sizes[0]))
+                             chunk=args.chunk or None, naive=(batch == batch_sizes[0]))
                 print_table(result)
                 report["results"].append(result)
     if args.scale:

@@ -48,7 +48,9 @@ def usage_error(capsys, *argv) -> str:
     (["--threads", "0"], "--threads must be >= 1, got 0"),
     (["--device", "cuda", "--threads", "2"], "--threads splits each batch over CPU cores; drop it for a GPU"),
     (["--backend", "cupy", "--threads", "2"], "--threads splits each batch over CPU cores; drop it for a GPU"),
-    (["--compare", "numpy,array_api_strict", "--threads", "2"], "--compare runs each backend single-threaded"),
+    (["--compare", "numpy,array_api_strict", "--threads", "2"], "--compare runs each backend on whole batches"),
+    (["--compare", "numpy,array_api_strict", "--chunk", "8"], "drop --threads/--chunk"),
+    (["--chunk", "0"], "--chunk must be >= 1, got 0"),
     (["--data", "/nonexistent/mnist"], "--data: /nonexistent/mnist: no such file or folder"),
     (["--compare", "numpy"], "--compare needs at least two backends"),
     (["--compare", "numpy,mxnet"], "--compare: unknown backend 'mxnet'"),
@@ -130,15 +132,18 @@ def test_compare_fail_exits_1(capsys, tmp_path, tiny_npz):
     assert code == 1 and "parity FAIL" in capsys.readouterr().out
 
 
-def test_threads_train_the_same_run(capsys, tmp_path, tiny_npz):
+@pytest.mark.parametrize("flags,shown", [(["--threads", "2"], "2 threads per batch"),
+                                         (["--chunk", "7"], "pieces of at most 7 images"),
+                                         (["--threads", "2", "--chunk", "5"], "pieces of at most 5 images")])
+def test_threads_and_chunks_train_the_same_run(capsys, tmp_path, tiny_npz, flags, shown):
     runs = {}
-    for threads in ("1", "2"):
-        out = tmp_path / f"t{threads}"
-        assert main(["--data", tiny_npz, "--epochs", "1", "--dtype", "float64", "--threads", threads,
+    for name, extra in (("whole", []), ("split", flags)):
+        out = tmp_path / name
+        assert main(["--data", tiny_npz, "--epochs", "1", "--dtype", "float64", *extra,
                      "--out", str(out), "--quiet"]) == 0
-        runs[threads] = json.loads((out / "metrics.json").read_text())
-    assert "2 threads per batch" in capsys.readouterr().out
-    assert runs["2"]["history"][0]["loss"] == pytest.approx(runs["1"]["history"][0]["loss"], rel=1e-10)
+        runs[name] = json.loads((out / "metrics.json").read_text())
+    assert shown in capsys.readouterr().out
+    assert runs["split"]["history"][0]["loss"] == pytest.approx(runs["whole"]["history"][0]["loss"], rel=1e-10)
 
 
 def test_divergence_exit_3_keeps_last_checkpoint(capsys, tmp_path, tiny_npz):

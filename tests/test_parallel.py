@@ -1,4 +1,4 @@
-"""xpcnn.parallel: a batch split over threads gives the whole-batch step."""
+"""xpcnn.parallel: a batch cut into shares (chunks, threads) gives the whole-batch step."""
 
 import dataclasses
 
@@ -10,7 +10,7 @@ from xpcnn.backend import to_numpy
 from xpcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
 from xpcnn.losses import MSELoss, SoftmaxCrossEntropyLoss
 from xpcnn.model import Sequential
-from xpcnn.parallel import ThreadedStep, single_threaded_blas
+from xpcnn.parallel import SplitStep, single_threaded_blas
 from xpcnn.training import PRESETS, Trainer
 
 
@@ -20,9 +20,11 @@ def network(backend):
                       Flatten(), Dense(3 * 6 * 6, 5, rng=rng)).to(backend, dtype="float64")
 
 
-@pytest.mark.parametrize("threads,batch", [(2, 10), (3, 10), (4, 3)])
-def test_threaded_gradients_equal_the_whole_batch(backend, threads, batch):
-    """Shares of unequal size, and more threads than images (empty shares are skipped)."""
+@pytest.mark.parametrize("threads,chunk,batch", [(2, None, 10), (3, None, 10), (4, None, 3), (1, 3, 10), (1, 20, 10),
+                                                (2, 3, 10), (3, 1, 4)])
+def test_split_gradients_equal_the_whole_batch(backend, threads, chunk, batch):
+    """Shares of unequal size, more threads than images (empty shares are skipped), chunks in one
+    thread, several chunks per thread, a chunk larger than the batch."""
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.random((batch, 1, 14, 14)), dtype="float64")
     labels = backend.asarray(rng.integers(0, 5, batch), dtype="int64")
@@ -30,7 +32,7 @@ def test_threaded_gradients_equal_the_whole_batch(backend, threads, batch):
     loss_fn = SoftmaxCrossEntropyLoss()
     loss = loss_fn(whole(x), labels)
     whole.backward(loss_fn.backward(), input_grad=False)
-    step = ThreadedStep(split, SoftmaxCrossEntropyLoss(), threads)
+    step = SplitStep(split, SoftmaxCrossEntropyLoss(), threads, chunk)
     try:
         split_loss = step(x, labels)
     finally:
@@ -44,7 +46,7 @@ def test_threaded_gradients_equal_the_whole_batch(backend, threads, batch):
                                    atol=1e-14, err_msg=name)
 
 
-def test_threaded_step_with_float_targets(cpu_backend):
+def test_split_step_with_float_targets(cpu_backend):
     """The article's loss (1/2 squared error against (N, 1) float targets) splits the same way."""
     rng = np.random.default_rng(1)
     x = cpu_backend.asarray(rng.random((7, 1, 8, 8)), dtype="float64")
@@ -58,7 +60,7 @@ def test_threaded_step_with_float_targets(cpu_backend):
     loss_fn = MSELoss()
     loss_fn(whole(x), y)
     whole.backward(loss_fn.backward(), input_grad=False)
-    step = ThreadedStep(split, MSELoss(), 2)
+    step = SplitStep(split, MSELoss(), 2, chunk=2)
     step(x, y)
     step.close()
     for (name, got), (_, expected) in zip(split.named_gradients(), whole.named_gradients()):
@@ -67,7 +69,8 @@ def test_threaded_step_with_float_targets(cpu_backend):
 
 
 @pytest.mark.parametrize("preset", ["default", "article"])
-def test_trainer_with_threads_follows_the_single_threaded_run(cpu_backend, preset):
+@pytest.mark.parametrize("threads,chunk", [(2, None), (1, 16), (2, 16)])
+def test_trainer_with_shares_follows_the_whole_batch_run(cpu_backend, preset, threads, chunk):
     dataset = data.load_embedded()
     config = dataclasses.replace(PRESETS[preset], dtype="float64", epochs=1, train_count=None, batch_size=50)
     train = dataset.train.take(300)
@@ -75,7 +78,7 @@ def test_trainer_with_threads_follows_the_single_threaded_run(cpu_backend, prese
     single.fit(train)
     runs = []
     for _ in range(2):
-        threaded = Trainer(config, cpu_backend, threads=2)
+        threaded = Trainer(config, cpu_backend, threads=threads, chunk=chunk)
         threaded.fit(train)
         runs.append(threaded.model.state_dict())
     reference = single.model.state_dict()
@@ -84,9 +87,13 @@ def test_trainer_with_threads_follows_the_single_threaded_run(cpu_backend, prese
         assert np.array_equal(runs[0][name], runs[1][name]), f"{name}: two threaded runs differ"
 
 
-def test_threads_must_be_at_least_two(cpu_backend):
-    with pytest.raises(ValueError, match="threads must be an integer >= 2"):
-        ThreadedStep(network(cpu_backend), SoftmaxCrossEntropyLoss(), 1)
+@pytest.mark.parametrize("threads,chunk,message", [(0, None, "threads must be an integer >= 1, got 0"),
+                                                   (2, 0, "chunk must be an integer >= 1, got 0"),
+                                                   (2.0, None, "threads must be an integer >= 1, got 2.0"),
+                                                   (1, None, "give threads >= 2 or a chunk size")])
+def test_split_step_rejects_bad_counts(cpu_backend, threads, chunk, message):
+    with pytest.raises(ValueError, match=message):
+        SplitStep(network(cpu_backend), SoftmaxCrossEntropyLoss(), threads, chunk)
 
 
 def test_single_threaded_blas_restores_the_limits(cpu_backend):

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="split each batch over this many threads (CPU backends; the same step up to float "
                         "rounding, BLAS then runs one thread each; default 1)")
+    p.add_argument("--chunk", type=int, metavar="N",
+                   help="run each batch as pieces of at most N images, gradients summed (the same step up to "
+                        "float rounding; faster on a CPU once a batch's arrays outgrow the cache, "
+                        "docs/performance.md; default: whole batches)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -88,10 +92,12 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--{name} must be a non-negative number, got {value}")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.chunk is not None and args.chunk < 1:
+        p.error(f"--chunk must be >= 1, got {args.chunk}")
     if args.threads != 1 and ((args.device or "").startswith("cuda") or args.backend == "cupy"):
         p.error("--threads splits each batch over CPU cores; drop it for a GPU")
-    if args.compare and args.threads != 1:
-        p.error("--compare runs each backend single-threaded; drop --threads")
+    if args.compare and (args.threads != 1 or args.chunk):
+        p.error("--compare runs each backend on whole batches, single-threaded; drop --threads/--chunk")
     if args.compare and args.resume:
         p.error("--compare and --resume cannot be combined")
     if args.compare and (args.backend or args.device):
@@ -247,7 +253,7 @@ def main(argv=None) -> int:
     if evaluation is not None and evaluation.test is None:
         p.error(f"--eval-data: {args.eval_data} has no test split")
 
-    trainer = Trainer(config, backend, threads=args.threads)
+    trainer = Trainer(config, backend, threads=args.threads, chunk=args.chunk)
     if args.resume:
         try:
             trainer.resume(args.resume)
@@ -260,6 +266,7 @@ def main(argv=None) -> int:
           f"({dataset.source}); {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr}"
           + (f" (x{config.lr_decay:g} per epoch)" if config.lr_decay != 1 else "")
           + (f"; {args.threads} threads per batch" if args.threads != 1 else "")
+          + (f"; pieces of at most {args.chunk} images" if args.chunk else "")
           + (f"; resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}" if args.resume else ""),
           flush=True)
     caught = _install_signal_handlers(trainer)

@@ -22,7 +22,7 @@ from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
 from .losses import LOSSES
 from .model import Sequential
 from .optim import SGD, Adam
-from .parallel import ThreadedStep, single_threaded_blas
+from .parallel import SplitStep, single_threaded_blas
 
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -121,7 +121,7 @@ class Trainer:
     ``numpy.random.Generator(config.seed + 1)``, so every backend sees the same batches."""
 
     def __init__(self, config: Config, backend: Backend, model: Sequential | None = None, sync_every: int = 20,
-                 threads: int = 1):
+                 threads: int = 1, chunk: int | None = None):
         self.config, self.backend, self.sync_every = config, backend, sync_every
         self.model = (model or build_model(config)).to(backend, dtype=config.dtype)
         self.loss_fn = LOSSES[config.loss]()
@@ -129,17 +129,18 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed + 1)
         self.state = TrainState()
         self.stop_requested = False
-        # threads > 1: each batch is split over threads (xpcnn.parallel); the same step up to
-        # float rounding, not part of the run's Config (a resumed run may use another count).
-        self.threaded = ThreadedStep(self.model, self.loss_fn, threads) if threads != 1 else None
+        # threads > 1 or a chunk size: each batch is cut into shares (xpcnn.parallel); the same
+        # step up to float rounding, not part of the run's Config (a resume may choose others).
+        self.threads = threads
+        self.split = SplitStep(self.model, self.loss_fn, threads, chunk) if threads != 1 or chunk else None
 
     # -- one step -------------------------------------------------------------
     def step(self, images: np.ndarray, targets: np.ndarray):
         """Forward, backward and update on one host batch; returns the loss as a device array."""
         x = to_batch(images, self.backend, self.config.dtype)
         y = targets_to_batch(targets, self.backend, self.config.dtype)
-        if self.threaded:
-            loss = self.threaded(x, y)
+        if self.split:
+            loss = self.split(x, y)
         else:
             loss = self.loss_fn(self.model(x), y)
             self.model.backward(self.loss_fn.backward(), input_grad=False)
@@ -153,7 +154,7 @@ class Trainer:
         ``progress(epoch, step, steps, running_loss)`` is called at each sync;
         ``on_epoch(record)`` after each epoch.  Raises :class:`Diverged` or
         :class:`Interrupted` (after saving a checkpoint when a path is given)."""
-        with single_threaded_blas(self.backend) if self.threaded else contextlib.nullcontext():
+        with single_threaded_blas(self.backend) if self.threads > 1 else contextlib.nullcontext():
             return self._fit(train, validation, progress, on_epoch, checkpoint_path)
 
     def _fit(self, train, validation, progress, on_epoch, checkpoint_path):
