@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from xpcnn import data  # noqa: E402
 from xpcnn.backend import available, parse_spec, resolve  # noqa: E402
 from xpcnn.files import check_writable_file, write_json  # noqa: E402
+from xpcnn.hostmem import keep_freed_memory  # noqa: E402
 from xpcnn.layers import Conv2D, Dense, Flatten, Sigmoid  # noqa: E402
 from xpcnn.losses import MSELoss, SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.model import Sequential  # noqa: E402
@@ -331,7 +332,8 @@ def main(argv=None) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         parser.error("--plot needs matplotlib: pip install 'xpcnn[plot]'")
     specs = available([s for s in args.backends.split(",") if s])
-    report = {"machine": machine(), "results": []}
+    allocator = keep_freed_memory()  # for every implementation timed here, PyTorch's included
+    report = {"machine": {**machine(), "allocator": allocator}, "results": []}
     print(f"machine: {report['machine']}")
     if args.workload in ("article", "both"):
         result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,

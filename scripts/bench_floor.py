@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.filters < 1 or args.repeats < 1:
         parser.error("--batch-size, --filters and --repeats must be >= 1")
+    bench.keep_freed_memory()  # the same allocator settings as bench.py
     images, labels = bench.workload_data("bench", None)
     batches = bench.batches_of(len(images), args.batch_size)
     start = bench.xpcnn_network("bench", args.filters).to(resolve("numpy"), dtype="float32").state_dict()

@@ -22,6 +22,7 @@ from . import parity as parity_mod
 from .backend import BACKENDS, BackendError, DTYPES, parse_spec, resolve
 from .checkpoint import CheckpointError
 from .files import check_writable_dir, write_json
+from .hostmem import keep_freed_memory
 from .training import PRESETS, Config, Diverged, Interrupted, Trainer, confusion_matrix
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DIVERGED, EXIT_IO = 0, 1, 2, 3, 4
@@ -227,6 +228,7 @@ def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     _check_args(p, args)
+    keep_freed_memory()  # the next step reuses this step's memory (xpcnn.hostmem)
     if args.compare:
         return run_compare(p, args)
 
