@@ -11,7 +11,10 @@ Timed in one process on the same data: xpcnn on every available backend; the sam
 PyTorch (nn.Conv2d / nn.Linear / autograd) on the CPU, and on CUDA when present; and a naive
 baseline in the article's style (Python loops over images, filters and patches) on a small
 subset, scaled to a full epoch.  Warm-up first, then the median of --repeats epochs; GPU
-timings synchronise the device before the clock is read.
+timings synchronise the device before the clock is read.  On NumPy it also times the same code
+with each batch run as pieces of --chunk images, and over --threads threads (xpcnn.parallel).
+Before timing it sets OPENBLAS_THREAD_TIMEOUT and glibc's malloc thresholds (xpcnn.hostmem)
+for every implementation alike; the JSON records both.
 
   python scripts/bench.py                         # both workloads, table + bench.json
   python scripts/bench.py --batch-sizes 32,128,512 --filters 8,32 --plot

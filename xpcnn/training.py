@@ -118,7 +118,9 @@ class TrainState:
 
 class Trainer:
     """Trains ``model`` on one backend.  Shuffling uses a host
-    ``numpy.random.Generator(config.seed + 1)``, so every backend sees the same batches."""
+    ``numpy.random.Generator(config.seed + 1)``, so every backend sees the same batches.
+    ``threads`` > 1 and ``chunk`` cut each batch into shares (:mod:`xpcnn.parallel`): faster on
+    a CPU, the same step up to float rounding."""
 
     def __init__(self, config: Config, backend: Backend, model: Sequential | None = None, sync_every: int = 20,
                  threads: int = 1, chunk: int | None = None):
