@@ -55,6 +55,12 @@ def _window(i: int, j: int, stride: int, out_h: int, out_w: int):
             slice(j, j + stride * (out_w - 1) + 1, stride))
 
 
+def _column_shifts(xp, x, kw: int, stride: int, out_w: int):
+    """First pass of im2col: the kw column shifts of every row, (N, C, H, W) -> (N, C, kw, H, out_w)."""
+    col_span = stride * (out_w - 1) + 1
+    return xp.stack([x[:, :, :, j:j + col_span:stride] for j in range(kw)], axis=2)
+
+
 def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
     """The input patch under every kernel offset: x (N, C, H, W) -> (N, C, kh*kw, out_h, out_w),
     entry [n, c, i*kw + j, r, s] = x[n, c, r*stride + i, s*stride + j].
@@ -62,10 +68,24 @@ def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
     Built in two passes of strided slices: first the kw column shifts of every row, then the
     kh row shifts of those; the second pass copies whole (out_h, out_w) blocks at a time, which
     is faster than 25 slices of short rows (measured: docs/performance.md)."""
-    col_span, row_span = stride * (out_w - 1) + 1, stride * (out_h - 1) + 1
-    shifted = xp.stack([x[:, :, :, j:j + col_span:stride] for j in range(kw)], axis=2)  # (N, C, kw, H, out_w)
+    row_span = stride * (out_h - 1) + 1
+    shifted = _column_shifts(xp, x, kw, stride, out_w)
     return xp.reshape(xp.stack([shifted[:, :, :, i:i + row_span:stride, :] for i in range(kh)], axis=2),
                       (x.shape[0], x.shape[1], kh * kw, out_h, out_w))
+
+
+def conv_columns(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int, ones_row: bool):
+    """im2col laid out for the convolution's product: (N, C*kh*kw [+ 1], out_h*out_w), row
+    c*kh*kw + i*kw + j of image n holding x[n, c, r*stride + i, s*stride + j] over the output
+    positions (r, s), and with ``ones_row`` a last row of ones that multiplies the bias.
+    Same two passes as :func:`im2col`; the second writes the rows and the ones in one ``concat``."""
+    n, channels, row_span = x.shape[0], x.shape[1], stride * (out_h - 1) + 1
+    shifted = _column_shifts(xp, x, kw, stride, out_w)
+    rows = [xp.reshape(shifted[:, c, :, i:i + row_span:stride, :], (n, kw, out_h * out_w))
+            for c in range(channels) for i in range(kh)]
+    if ones_row:
+        rows.append(xp.ones((n, 1, out_h * out_w), dtype=x.dtype, device=device_of(x)))
+    return xp.concat(rows, axis=1)
 
 
 def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int):
@@ -150,9 +170,11 @@ class Conv2D(Layer):
     """Z1 = X * f + b: cross-correlation of the input with ``out_channels`` filters.
 
     Output size per spatial axis: (n + 2p - f) // s + 1 (the article's n - f + 1).
+    Computed per image n as one product Z1_n = [f | b] . [cols_n ; 1]: the filters (flattened)
+    and the bias as one matrix, times the input patches (:func:`conv_columns`) with a row of ones.
     Backward, with G = dE/dZ1:
         dE/df = X * G    (each filter's gradient correlates its input with G, summed over the batch)
-        dE/db = sum of G over batch and positions
+        dE/db = sum of G over batch and positions   (both: sum over n of G_n . [cols_n ; 1]^T)
         dE/dX = G convolved "full" with f rotated 180 degrees (here: col2im of f^T.G)
     """
 
@@ -200,18 +222,23 @@ class Conv2D(Layer):
         _, out_h, out_w = self.output_shape(h, w)
         if x.dtype != weight.dtype:
             raise TypeError(f"{self.name}: input dtype {x.dtype} does not match parameter dtype {weight.dtype}")
-        # One strided slice of the (padded) input per kernel offset, stacked so that image n's
-        # columns form a (C*kh*kw, L) matrix; the filters then multiply every image at once:
-        # f (out, C*kh*kw) @ cols (N, C*kh*kw, L) -> Z1 (N, out, L), already batch-first.
+        # One strided slice of the (padded) input per kernel offset, so that image n's columns
+        # form a (C*kh*kw + 1, L) matrix (the last row ones); filters and bias then multiply
+        # every image at once: [f | b] (out, C*kh*kw + 1) @ cols (N, C*kh*kw + 1, L) -> Z1 (N, out, L),
+        # already batch-first, with no separate pass to add the bias (measured: docs/performance.md).
         p = self.padding
         padded = xpx.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), xp=xp) if p else x
-        cols = im2col(xp, padded, self.kh, self.kw, self.stride, out_h, out_w)  # (N, C, K, oh, ow)
-        cols = xp.reshape(cols, (n, c * self.kh * self.kw, out_h * out_w))
-        z = xp.matmul(xp.reshape(weight, (self.out_channels, -1)), cols)  # (N, out, L)
-        if bias is not None:
-            z = z + bias[:, None]
+        cols = conv_columns(xp, padded, self.kh, self.kw, self.stride, out_h, out_w, ones_row=bias is not None)
+        z = xp.matmul(self._filters_and_bias(xp), cols)  # (N, out, L)
         self.save_for_backward(cols, tuple(padded.shape))
         return xp.reshape(z, (n, self.out_channels, out_h, out_w))
+
+    def _filters_and_bias(self, xp):
+        """[f | b]: the filters flattened to (out, C*kh*kw), the bias (if any) as one more column."""
+        filters = xp.reshape(self.params["weight"], (self.out_channels, -1))
+        if not self.bias:
+            return filters
+        return xp.concat([filters, self.params["bias"][:, None]], axis=1)
 
     def backward(self, grad_out, input_grad: bool = True):
         """``input_grad=False`` skips dE/dX (the first layer of a network needs none)."""
@@ -220,11 +247,12 @@ class Conv2D(Layer):
         xp = namespace(grad_out, weight, where=f"{self.name}.backward")
         n, _, out_h, out_w = grad_out.shape
         grad_z = xp.reshape(grad_out, (n, self.out_channels, out_h * out_w))  # G = dE/dZ1
-        # dE/df = sum over images of G_n.cols_n^T (one batched product, then a sum over N)
-        grad_weight = xp.sum(xp.matmul(grad_z, xp.permute_dims(cols, (0, 2, 1))), axis=0)
-        self.grads["weight"] = xp.reshape(grad_weight, weight.shape)
+        # [dE/df | dE/db] = sum over images of G_n.[cols_n ; 1]^T (one batched product, a sum over N)
+        grad_both = xp.sum(xp.matmul(grad_z, xp.permute_dims(cols, (0, 2, 1))), axis=0)
+        patch = self.in_channels * self.kh * self.kw
+        self.grads["weight"] = xp.reshape(grad_both[:, :patch], weight.shape)
         if self.bias:
-            self.grads["bias"] = xp.sum(grad_z, axis=(0, 2))
+            self.grads["bias"] = grad_both[:, patch]
         if not input_grad:
             return None
         grad_cols = xp.matmul(xp.reshape(weight, (self.out_channels, -1)).T, grad_z)  # (N, C*K, L)
