@@ -68,13 +68,13 @@ def test_bench_creates_a_missing_output_folder(tmp_path):
     assert json.loads(out.read_text())["results"]
 
 
-def test_bench_floor_computes_what_xpcnn_computes(capsys):
+def test_hand_tuned_baseline_computes_what_xpcnn_computes(capsys):
     assert load("bench_floor").main(["--batch-size", "500", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     first = out.splitlines()[0]
     moved, difference = (float(part.split()[-1].rstrip(";")) for part in first.split(":")[1].split(";"))
     assert moved > 0.01 and difference < 1e-5 * moved
-    assert "xpcnn numpy" in out and "numpy floor" in out
+    assert "xpcnn numpy" in out and "numpy hand-tuned" in out
 
 
 def test_embedded_build_script_checksum_constants():
