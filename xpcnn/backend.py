@@ -180,25 +180,15 @@ def backend_of(x) -> Backend:
     return Backend(name, xp, array_api_compat.device(x))
 
 
-_NAMESPACES: dict[tuple, Any] = {}
-"""array_namespace's answer per tuple of (type, dtype) of the arguments: the namespace depends
-on nothing else, and asking array_api_compat costs more than the rest of a layer's Python
-(measured in docs/performance.md; it matters when threads share the GIL)."""
-
-
 def namespace(*arrays, where: str = "xpcnn"):
     """``array_namespace(*arrays)``, with one clear error if they come from two
     libraries or two devices.  ``where`` names the caller in that message."""
     arrays = [a for a in arrays if a is not None]
-    key = tuple((type(a), a.dtype) for a in arrays)
-    xp = _NAMESPACES.get(key)
-    if xp is None:
-        try:
-            xp = array_api_compat.array_namespace(*arrays)
-        except TypeError:
-            kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
-            raise TypeError(f"{where}: arrays from different libraries mixed in one call: {' and '.join(kinds)}") from None
-        _NAMESPACES[key] = xp
+    try:
+        xp = array_api_compat.array_namespace(*arrays)
+    except TypeError:
+        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
+        raise TypeError(f"{where}: arrays from different libraries mixed in one call: {' and '.join(kinds)}") from None
     devices = [array_api_compat.device(a) for a in arrays]
     if any(d != devices[0] for d in devices[1:]):  # (called in every layer: keep the common case short)
         devices = [d for i, d in enumerate(devices) if all(d != seen for seen in devices[:i])]

@@ -104,8 +104,9 @@ class Layer:
 
     ``forward`` keeps what ``backward`` needs with :meth:`save_for_backward`; ``backward`` takes
     it back with :meth:`saved_for_backward`, which lets it go.  Nothing a step computed stays
-    alive into the next step: measured 25% faster per step on NumPy (the next step's arrays reuse
-    memory that is still in cache) and less memory held between steps.  With ``saving = False``
+    alive into the next step: less memory held between steps, and on NumPy a step 25% faster when
+    the allocator keeps the freed memory for the next one (:mod:`xpcnn.hostmem`,
+    docs/performance.md).  With ``saving = False``
     (``Sequential.inference()``) forward keeps nothing: prediction and evaluation."""
 
     saving = True
