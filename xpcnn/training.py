@@ -231,12 +231,12 @@ class Trainer:
         """(mean loss, accuracy) on a split; with ``predictions=True`` also the host predictions."""
         targets = task_targets(split.labels, self.config.task)
         loss_sum, predicted = 0.0, []
-        for start in range(0, len(split), batch_size):
-            with self.model.inference():
+        with self.model.inference():
+            for start in range(0, len(split), batch_size):
                 output = self.model(to_batch(split.images[start:start + batch_size], self.backend, self.config.dtype))
-            batch_targets = targets_to_batch(targets[start:start + batch_size], self.backend, self.config.dtype)
-            loss_sum += float(to_numpy(self.loss_fn(output, batch_targets))) * output.shape[0]
-            predicted.append(self._classes(output))
+                batch_targets = targets_to_batch(targets[start:start + batch_size], self.backend, self.config.dtype)
+                loss_sum += float(to_numpy(self.loss_fn(output, batch_targets))) * output.shape[0]
+                predicted.append(self._classes(output))
         predicted = np.concatenate(predicted)
         truth = targets[:, 0].astype(np.int64) if self.config.task == "binary" else targets
         result = (loss_sum / len(split), float(np.mean(predicted == truth)))
