@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import pytest
+# Several array libraries share one GPU in this process: JAX must not take 75% of its memory
+# at start-up (its default), or CuPy and PyTorch run out.  A value set by the user wins.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from xpcnn.backend import BackendError, parse_spec, resolve
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from xpcnn.backend import BackendError, parse_spec, resolve  # noqa: E402
 
 SPECS = [
     "numpy",
@@ -25,6 +29,7 @@ SPECS = [
     "jax:cpu",
     "cupy:cuda",
     "torch:cuda",
+    "jax:cuda",
 ]
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
@@ -94,6 +99,12 @@ def backend(request):
 @pytest.fixture
 def cpu_backend(request):
     return _resolve_or_skip(request.param)
+
+
+@pytest.fixture
+def torch_cuda():
+    """PyTorch on the GPU (for checks only PyTorch can make, such as its sync debug mode)."""
+    return _resolve_or_skip("torch:cuda")
 
 
 @pytest.fixture

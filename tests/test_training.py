@@ -165,3 +165,31 @@ def test_a_training_step_reads_nothing_back_from_the_device(preset, small, monke
         losses = [trainer.step(train.images[i:i + 32], targets[i:i + 32]) for i in range(0, 96, 32)]
     trainer._sync(losses, 0)
     assert len(trainer.state.step_losses) == 3 and all(np.isfinite(trainer.state.step_losses))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", ["default", "article"])
+def test_a_cuda_training_step_never_synchronises(preset, small, torch_cuda):
+    """The issue's GPU rule on a real GPU: PyTorch's sync debug mode turns every host-device
+    synchronisation into an error.  The batch is moved to the device first (a copy from pageable
+    host memory waits for the device by design); forward, loss, backward and update must not."""
+    import torch
+
+    train, _ = small
+    config = dataclasses.replace(PRESETS[preset], batch_size=32, train_count=None)
+    trainer = Trainer(config, torch_cuda)
+    targets = data.task_targets(train.labels, config.task)
+    batches = [(data.to_batch(train.images[i:i + 32], torch_cuda, config.dtype),
+                data.targets_to_batch(targets[i:i + 32], torch_cuda, config.dtype)) for i in range(0, 96, 32)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = []
+        for x, y in batches:
+            losses.append(trainer.loss_fn(trainer.model(x), y))
+            trainer.model.backward(trainer.loss_fn.backward(), input_grad=False)
+            trainer.optimizer.step(trainer.model)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    trainer._sync(losses, 0)
+    assert len(trainer.state.step_losses) == 3 and all(np.isfinite(trainer.state.step_losses))

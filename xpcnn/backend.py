@@ -101,6 +101,9 @@ def _import(name: str):
         import jax
 
         jax.config.update("jax_enable_x64", True)  # float64 must mean float64
+        # ... and float32 float32: on a GPU, JAX multiplies float32 matrices in TF32 (10-bit
+        # mantissas) by default, 3e-3 relative error (measured on an H100, docs/performance.md).
+        jax.config.update("jax_default_matmul_precision", "highest")
     return module
 
 
@@ -133,6 +136,7 @@ def resolve(name: str, device: str | None = None) -> Backend:
             index = int(wanted.partition(":")[2] or 0)
             if index >= module.cuda.device_count():
                 raise BackendError(f"torch sees {module.cuda.device_count()} CUDA device(s); {wanted!r} does not exist")
+            wanted = f"cuda:{index}"  # the index its arrays report, so that devices compare equal
         elif wanted != "cpu":
             raise BackendError(f"torch device must be cpu, cuda or cuda:N, got {wanted!r}")
         return Backend(name, array_api_compat.array_namespace(module.empty(0)), module.device(wanted))
@@ -199,6 +203,11 @@ def namespace(*arrays, where: str = "xpcnn"):
     return xp
 
 
+def on_gpu(x) -> bool:
+    """Whether an array lives on a CUDA device (CuPy, PyTorch or JAX on a GPU)."""
+    return device_name(array_api_compat.device(x)).startswith("cuda")
+
+
 def to_numpy(x) -> np.ndarray:
     """Any supported array -> a host NumPy array (a copy where the data is on a device)."""
     if isinstance(x, np.ndarray):
@@ -258,6 +267,22 @@ def transfer(x, backend: Backend, dtype: str | None = None):
         except Exception:  # different GPUs, or a library without DLPack import
             pass
     return from_numpy(to_numpy(x), backend, dtype)
+
+
+def synchronize(backend: Backend, *arrays) -> None:
+    """Wait until the device has finished the work queued so far (CuPy, PyTorch on CUDA) or that
+    produces ``arrays`` (JAX, which dispatches asynchronously on every device).  For timing only:
+    training itself never waits (see :mod:`xpcnn.training`)."""
+    if backend.name == "cupy":
+        backend.device.synchronize()
+    elif backend.name == "torch" and backend.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(backend.device)
+    elif backend.name == "jax" and arrays:
+        import jax
+
+        jax.block_until_ready(arrays)
 
 
 def available(specs=BACKENDS) -> list[str]:
