@@ -41,12 +41,35 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("im2col", ["slices", "gather"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c['kernel_size']}s{c['stride']}p{c['padding']}")
-def test_conv_gradients(backend, rng, case):
+def test_conv_gradients(backend, rng, case, im2col):
     case = dict(case)
     shape = case.pop("shape")
-    conv = Conv2D(**case, rng=3)
+    conv = Conv2D(**case, rng=3, im2col=im2col)
     assert_gradients_ok(conv, _x(backend, rng, shape))
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c['kernel_size']}s{c['stride']}p{c['padding']}")
+def test_conv_gather_and_slices_agree_bit_for_bit(backend, rng, case):
+    """The two ways of building the patches copy the same numbers to the same places."""
+    case = dict(case)
+    x = _x(backend, rng, case.pop("shape"), "float32")
+    results = []
+    for im2col in ("slices", "gather"):
+        conv = Conv2D(**case, rng=3, im2col=im2col).to(backend, dtype="float32")
+        out = conv(x)
+        grad_in = conv.backward(out)
+        results.append([to_numpy(out), to_numpy(grad_in), *(to_numpy(g) for g in conv.grads.values())])
+    for slices, gather in zip(*results):
+        np.testing.assert_array_equal(gather, slices)
+
+
+def test_conv_im2col_auto_gathers_on_a_gpu_only(backend, rng):
+    conv = Conv2D(1, 2, 3).to(backend, dtype="float32")
+    conv(_x(backend, rng, (2, 1, 6, 6), "float32"))
+    gathered = bool(conv._gather_index)  # the gather path keeps its index for the next batch
+    assert gathered == ("cuda" in backend.label), backend.label
 
 
 def test_stacked_conv_gradients(backend, rng):
@@ -123,6 +146,8 @@ def test_maxpool_routes_gradient_to_the_maximum(backend):
     (dict(in_channels=1, out_channels=2, kernel_size=3, padding=-1), "padding must be >= 0"),
     (dict(in_channels=1, out_channels=2, kernel_size=2.5), "kernel_size must be an integer"),
     (dict(in_channels=0, out_channels=2, kernel_size=3), "in_channels must be >= 1"),
+    (dict(in_channels=1, out_channels=2, kernel_size=3, im2col="fft"),
+     "Conv2D: im2col must be one of auto, slices, gather, got 'fft'"),
 ])
 def test_conv_rejects_bad_construction(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):

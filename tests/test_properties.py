@@ -18,14 +18,15 @@ def conv_cases(draw):
     size = draw(st.integers(max(1, kernel - 2 * padding), 9))
     return dict(batch=draw(st.integers(1, 3)), channels=draw(st.integers(1, 3)), filters=draw(st.integers(1, 3)),
                 kernel=kernel, stride=stride, padding=padding, height=size,
-                width=draw(st.integers(max(1, kernel - 2 * padding), 9)), seed=draw(st.integers(0, 2**16)))
+                width=draw(st.integers(max(1, kernel - 2 * padding), 9)), seed=draw(st.integers(0, 2**16)),
+                im2col=draw(st.sampled_from(["slices", "gather"])))
 
 
 @SETTINGS
 @given(case=conv_cases())
 def test_conv_shape_and_gradient_property(case):
     conv = Conv2D(case["channels"], case["filters"], case["kernel"], stride=case["stride"], padding=case["padding"],
-                  rng=case["seed"])
+                  rng=case["seed"], im2col=case["im2col"])
     rng = np.random.default_rng(case["seed"])
     x = rng.standard_normal((case["batch"], case["channels"], case["height"], case["width"]))
     out = conv(x)

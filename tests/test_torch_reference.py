@@ -17,9 +17,10 @@ def _run(layer, x, grad_out, backend):
     return to_numpy(out), to_numpy(grad_in), {k: to_numpy(v) for k, v in layer.grads.items()}
 
 
+@pytest.mark.parametrize("im2col", ["slices", "gather"])
 @pytest.mark.parametrize("stride,padding,kernel", [(1, 0, 5), (2, 1, 3), (3, 2, 4), (1, 1, (3, 2))])
-def test_conv_matches_torch(cpu_backend, rng, stride, padding, kernel):
-    layer = Conv2D(3, 4, kernel, stride=stride, padding=padding, rng=7)
+def test_conv_matches_torch(cpu_backend, rng, stride, padding, kernel, im2col):
+    layer = Conv2D(3, 4, kernel, stride=stride, padding=padding, rng=7, im2col=im2col)
     w, b = layer.params["weight"].copy(), layer.params["bias"].copy()
     x = rng.standard_normal((2, 3, 9, 8))
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))

@@ -15,7 +15,7 @@ import array_api_extra as xpx
 from array_api_compat import device as device_of
 
 from . import init as initialisers
-from .backend import Backend, namespace, resolve, transfer
+from .backend import Backend, device_name, namespace, on_gpu, resolve, transfer
 
 
 def _size(value, name: str, layer: str, minimum: int) -> int:
@@ -86,6 +86,36 @@ def conv_columns(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int, o
     if ones_row:
         rows.append(xp.ones((n, 1, out_h * out_w), dtype=x.dtype, device=device_of(x)))
     return xp.concat(rows, axis=1)
+
+
+def gather_index(xp, device, channels: int, h: int, w: int, kh: int, kw: int, stride: int, out_h: int,
+                 out_w: int, ones_row: bool):
+    """Where each entry of :func:`conv_columns` comes from in the flattened (C*H*W) input, for
+    :func:`gather_columns`: row c*kh*kw + i*kw + j, column r*out_w + s holds position
+    c*H*W + (r*stride + i)*W + s*stride + j; with ``ones_row`` a last row pointing at position
+    C*H*W (the 1 that :func:`gather_columns` appends).  Shape ((C*kh*kw [+ 1]) * out_h*out_w,)."""
+    def ramp(count, step, shape):  # 0, step, 2*step, ... laid out in ``shape``
+        return xp.reshape(xp.arange(count, dtype=xp.int64, device=device) * step, shape)
+
+    rows = ramp(channels, h * w, (-1, 1, 1)) + ramp(kh, w, (1, -1, 1)) + ramp(kw, 1, (1, 1, -1))
+    columns = ramp(out_h, stride * w, (-1, 1)) + ramp(out_w, stride, (1, -1))
+    rows, columns = xp.reshape(rows, (-1, 1)), xp.reshape(columns, (1, -1))
+    index = rows + columns
+    if ones_row:
+        index = xp.concat([index, xp.full((1, out_h * out_w), channels * h * w, dtype=xp.int64, device=device)])
+    return xp.reshape(index, (-1,))
+
+
+def gather_columns(xp, x, index, positions: int, ones_row: bool):
+    """:func:`conv_columns` as one gather (``take``) instead of strided slices and a ``concat``:
+    (N, C, H, W) -> (N, C*kh*kw [+ 1], positions).  Fewer, larger operations, which is what a GPU
+    wants (each costs 10-100 us of host time there); on a CPU the slices are 2-3x faster
+    (measured: docs/performance.md)."""
+    n = x.shape[0]
+    flat = xp.reshape(x, (n, -1))
+    if ones_row:
+        flat = xp.concat([flat, xp.ones((n, 1), dtype=x.dtype, device=device_of(x))], axis=1)
+    return xp.reshape(xp.take(flat, index, axis=1), (n, -1, positions))
 
 
 def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int):
@@ -179,9 +209,17 @@ class Conv2D(Layer):
         dE/dX = G convolved "full" with f rotated 180 degrees (here: col2im of f^T.G)
     """
 
+    IM2COL = ("auto", "slices", "gather")
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 init="he", rng=0):
+                 init="he", rng=0, im2col="auto"):
         super().__init__()
+        if im2col not in self.IM2COL:
+            raise ValueError(f"Conv2D: im2col must be one of {', '.join(self.IM2COL)}, got {im2col!r}")
+        # How the input patches are built: strided slices (fastest on a CPU), one gather (fastest
+        # on a GPU), or "auto": gather on a CUDA device, slices elsewhere.  The same columns either
+        # way (bit for bit); not part of config(): a way to compute, not the architecture.
+        self.im2col, self._gather_index = im2col, {}
         self.in_channels = _size(in_channels, "in_channels", "Conv2D", 1)
         self.out_channels = _size(out_channels, "out_channels", "Conv2D", 1)
         self.kh, self.kw = _pair(kernel_size, "kernel_size", "Conv2D", 1)
@@ -229,10 +267,21 @@ class Conv2D(Layer):
         # already batch-first, with no separate pass to add the bias (measured: docs/performance.md).
         p = self.padding
         padded = xpx.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), xp=xp) if p else x
-        cols = conv_columns(xp, padded, self.kh, self.kw, self.stride, out_h, out_w, ones_row=bias is not None)
+        cols = self._columns(xp, padded, out_h, out_w, ones_row=bias is not None)
         z = xp.matmul(self._filters_and_bias(xp), cols)  # (N, out, L)
         self.save_for_backward(cols, tuple(padded.shape))
         return xp.reshape(z, (n, self.out_channels, out_h, out_w))
+
+    def _columns(self, xp, padded, out_h: int, out_w: int, ones_row: bool):
+        """[cols ; 1] of every image: :func:`conv_columns` or :func:`gather_columns` (see im2col)."""
+        if self.im2col == "slices" or (self.im2col == "auto" and not on_gpu(padded)):
+            return conv_columns(xp, padded, self.kh, self.kw, self.stride, out_h, out_w, ones_row)
+        device = device_of(padded)
+        key = (type(padded).__module__, tuple(padded.shape[1:]), ones_row, device_name(device))
+        if key not in self._gather_index:  # made once per input size and device, on the device
+            self._gather_index[key] = gather_index(xp, device, self.in_channels, padded.shape[2], padded.shape[3],
+                                                   self.kh, self.kw, self.stride, out_h, out_w, ones_row)
+        return gather_columns(xp, padded, self._gather_index[key], out_h * out_w, ones_row)
 
     def _filters_and_bias(self, xp):
         """[f | b]: the filters flattened to (out, C*kh*kw), the bias (if any) as one more column."""
