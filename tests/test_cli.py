@@ -127,9 +127,17 @@ def test_compare_writes_parity_json(capsys, tmp_path, tiny_npz):
 
 def test_compare_fail_exits_1(capsys, tmp_path, tiny_npz):
     pytest.importorskip("torch")
-    code = main(["--compare", "numpy,torch", "--data", tiny_npz, "--rtol", "0", "--atol", "0", "--out", str(tmp_path),
-                 "--quiet"])
+    code = main(["--compare", "numpy,torch", "--data", tiny_npz, "--dtype", "float32", "--rtol", "0", "--atol", "0",
+                 "--out", str(tmp_path), "--quiet"])
     assert code == 1 and "parity FAIL" in capsys.readouterr().out
+
+
+def test_compare_defaults_to_one_epoch_in_float64(capsys, tmp_path, tiny_npz):
+    """float32 runs of the default network part chaotically (docs/parity.md): compare in float64."""
+    code = main(["--compare", "numpy,array_api_strict:device1", "--data", tiny_npz, "--out", str(tmp_path), "--quiet"])
+    assert code == 0 and "float64, 1 epoch(s)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["dtype"] == "float64" and report["rtol"] == 1e-8
 
 
 @pytest.mark.parametrize("flags,shown", [(["--threads", "2"], "2 threads per batch"),

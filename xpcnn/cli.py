@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=("uniform", "glorot", "he"),
                    help="weight initialiser (preset default: article uniform U[0,1), default he)")
     p.add_argument("--seed", type=int, help="seed for weights, batch order and augmentation (default 0)")
-    p.add_argument("--dtype", choices=DTYPES, help="float32 (default) or float64")
+    p.add_argument("--dtype", choices=DTYPES, help="float32 (default) or float64 (default of --compare)")
     p.add_argument("--out", default=os.path.join("runs", "latest"), help="folder for metrics.json, checkpoint.npz, plots")
     p.add_argument("--plot", action="store_true", help="write PNG plots into --out (needs matplotlib: xpcnn[plot])")
     p.add_argument("--compare", metavar="SPECS",
@@ -206,6 +206,8 @@ def run_compare(p, args) -> int:
             return _one_line_error(p, f"--compare {spec}: {exc}")
     if args.epochs is None:
         args.epochs = parity_mod.COMPARE_EPOCHS
+    if args.dtype is None:
+        args.dtype = parity_mod.COMPARE_DTYPE
     config = _config(args)
     dataset = _load_data(p, args.data, "--data")
     print(f"parity: {', '.join(specs)}; preset {config.preset}, {config.dtype}, {config.epochs} epoch(s), "
