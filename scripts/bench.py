@@ -36,13 +36,16 @@ import time
 # round-robin needs: PyTorch measured up to 2x slower right after an xpcnn epoch.  Let them sleep
 # at once (before NumPy loads OpenBLAS; a value set by the user wins).  docs/performance.md.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# CuPy, PyTorch and JAX share the GPU in this process: JAX must not take 75% of its memory at
+# start-up (its default).  A value set by the user wins.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from xpcnn import data  # noqa: E402
-from xpcnn.backend import available, parse_spec, resolve  # noqa: E402
+from xpcnn.backend import available, parse_spec, resolve, synchronize  # noqa: E402
 from xpcnn.files import check_writable_file, write_json  # noqa: E402
 from xpcnn.hostmem import keep_freed_memory  # noqa: E402
 from xpcnn.layers import Conv2D, Dense, Flatten, Sigmoid  # noqa: E402
@@ -51,7 +54,7 @@ from xpcnn.model import Sequential  # noqa: E402
 from xpcnn.optim import SGD  # noqa: E402
 from xpcnn.parallel import SplitStep, single_threaded_blas  # noqa: E402
 
-SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:CPU_DEVICE", "cupy:cuda", "torch:cuda"]
+SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:CPU_DEVICE", "cupy:cuda", "torch:cuda", "jax:cuda"]
 
 
 # -- the networks -----------------------------------------------------------------------------
@@ -80,17 +83,6 @@ def batches_of(count: int, batch: int) -> list[np.ndarray]:
     return data.batch_indices(count, batch, np.random.default_rng(0))
 
 
-def _sync(backend) -> None:
-    if backend.name == "cupy":
-        import cupy
-
-        cupy.cuda.Device().synchronize()
-    elif backend.name == "torch" and "cuda" in str(backend.device):
-        import torch
-
-        torch.cuda.synchronize()
-
-
 def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=1, chunk=None):
     """A closure that trains xpcnn for one epoch on ``spec``; ``threads`` > 1 splits every
     batch over that many threads (xpcnn.parallel, BLAS one thread each), ``chunk`` runs it as
@@ -113,7 +105,7 @@ def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=
                 loss = loss_fn(model(x), y)
                 model.backward(loss_fn.backward(), input_grad=False)
             optimizer.step(model)
-        _sync(backend)
+        synchronize(backend, loss, *model.params.values())
         return loss
 
     def epoch():

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every GPU check in one command, on a machine with a CUDA GPU, CuPy and PyTorch (JAX optional):
+#
+#   scripts/gpu_check.sh [OUTDIR] [MNIST_DIR]
+#
+# 1. the GPU tests (pytest -m gpu: cupy, torch-cuda and jax-cuda specs, and PyTorch's sync
+#    debug mode around training steps), 2. the parity report (float64) of numpy against cupy
+#    and torch-cuda, 3. the benchmark at batch 128 and 512 (NumPy on this machine's CPU against
+#    CuPy, PyTorch and JAX on the GPU), 4. where a CuPy and a torch-cuda step spend their time,
+#    5. the default training run on CuPy (with MNIST_DIR, an IDX folder holding the test set,
+#    its test accuracy).  Everything lands in OUTDIR (default runs/gpu); the exit status is
+#    non-zero if any step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/gpu}
+mnist=${2:-}
+mkdir -p "$out"
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}  # JAX shares the GPU
+export PYTHONUNBUFFERED=1
+python=${PYTHON:-python}
+failed=()
+
+step() {  # step NAME LOGFILE COMMAND...: run, log, remember a failure
+  local name=$1 log=$2
+  shift 2
+  echo "== $name: $*"
+  if ! "$@" 2>&1 | tee "$out/$log"; then
+    failed+=("$name")
+  fi
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  "$python" -c "import sys, numpy, array_api_compat; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'array-api-compat', array_api_compat.__version__)"
+  "$python" -c "import cupy; print('cupy', cupy.__version__, 'CUDA runtime', cupy.cuda.runtime.runtimeGetVersion())"
+  "$python" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+  "$python" -c "import jax; print('jax', jax.__version__, jax.devices())" || true  # JAX is optional here
+} 2>&1 | tee "$out/machine.txt"
+
+step "gpu tests" pytest_gpu.log "$python" -m pytest -m gpu -q -rs -p no:cacheprovider
+step "parity numpy,cupy,torch:cuda" compare.log "$python" scripts/train.py --compare numpy,cupy,torch:cuda \
+  --out "$out/compare" --quiet
+step "benchmark" bench.log "$python" scripts/bench.py --batch-sizes 128,512 --repeats 5 \
+  --backends numpy,cupy:cuda,torch:cuda,jax:cuda --out "$out/bench.json"
+step "profile cupy" profile.log "$python" scripts/profile_step.py --backend cupy:cuda --batch-size 512 --repeats 100
+step "profile torch" profile_torch.log "$python" scripts/profile_step.py --backend torch:cuda --batch-size 512 --repeats 100
+step "train on cupy" train.log "$python" scripts/train.py --device cuda --out "$out/train" --quiet \
+  ${mnist:+--eval-data "$mnist"}
+
+if ((${#failed[@]})); then
+  echo "FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "all GPU checks passed"
