@@ -59,12 +59,16 @@ SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:CPU_DEVICE", "cupy:c
 
 # -- the networks -----------------------------------------------------------------------------
 
+IM2COL = "auto"  # how xpcnn's convolutions build their patches (Conv2D's im2col; --im2col)
+
+
 def xpcnn_network(workload: str, filters: int, seed: int = 0) -> Sequential:
     rng = np.random.default_rng(seed)
     if workload == "article":
-        return Sequential(Conv2D(1, 3, 5, bias=False, init="uniform", rng=rng), Sigmoid(), Flatten(),
+        return Sequential(Conv2D(1, 3, 5, bias=False, init="uniform", rng=rng, im2col=IM2COL), Sigmoid(), Flatten(),
                           Dense(1728, 1, init="uniform", rng=rng), Sigmoid())
-    return Sequential(Conv2D(1, filters, 5, rng=rng), Sigmoid(), Flatten(), Dense(filters * 576, 10, rng=rng))
+    return Sequential(Conv2D(1, filters, 5, rng=rng, im2col=IM2COL), Sigmoid(), Flatten(),
+                      Dense(filters * 576, 10, rng=rng))
 
 
 def workload_data(workload: str, count: int | None):
@@ -304,6 +308,9 @@ def main(argv=None) -> int:
                              "images, and use them in the threads row (0: no pieces; default 64)")
     parser.add_argument("--scale", action="store_true",
                         help="also time numpy on 5,000 and 60,000 images (linear-scaling check)")
+    parser.add_argument("--im2col", choices=Conv2D.IM2COL, default="auto",
+                        help="how xpcnn's convolution builds its patches: auto (gather on a GPU, slices on a "
+                             "CPU), slices or gather")
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--plot", action="store_true", help="images/s over batch size and filters -> bench.png")
     args = parser.parse_args(argv)
@@ -326,9 +333,11 @@ def main(argv=None) -> int:
         parser.error(f"--out: {problem}")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         parser.error("--plot needs matplotlib: pip install 'xpcnn[plot]'")
+    global IM2COL
+    IM2COL = args.im2col
     specs = available([s for s in args.backends.split(",") if s])
     allocator = keep_freed_memory()  # for every implementation timed here, PyTorch's included
-    report = {"machine": {**machine(), "allocator": allocator}, "results": []}
+    report = {"machine": {**machine(), "allocator": allocator}, "im2col": IM2COL, "results": []}
     print(f"machine: {report['machine']}")
     if args.workload in ("article", "both"):
         result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,

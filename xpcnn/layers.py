@@ -207,6 +207,7 @@ class Conv2D(Layer):
         dE/df = X * G    (each filter's gradient correlates its input with G, summed over the batch)
         dE/db = sum of G over batch and positions   (both: sum over n of G_n . [cols_n ; 1]^T)
         dE/dX = G convolved "full" with f rotated 180 degrees (here: col2im of f^T.G)
+    The patches come from strided slices on a CPU and from one gather on a GPU (``im2col``).
     """
 
     IM2COL = ("auto", "slices", "gather")
