@@ -22,7 +22,7 @@ from .training import Config, Trainer, build_model
 # after 12 epochs on the CPU and 3.3e-16 after one on the GPU.  float32 runs do not settle it:
 # a ReLU or max-pool decision that flips on a rounding difference is carried on by momentum, so
 # after one epoch they differ by 2.6e-5, 4.1e-5 or 8.2e-3 depending only on where rounding fell
-# (NumPy alone gives all three when one initial filter entry moves by one ulp), and by 3.5e-2
+# (NumPy alone gives all three when the initial filters move by one ulp), and by 3.5e-2
 # after 3 epochs, which says nothing about the backends.  Compare mode therefore defaults to
 # float64 and one epoch; the float32 tolerance leaves ~25x headroom over the usual one-epoch figure.
 DEFAULT_TOLERANCES = {"float64": {"rtol": 1e-8, "atol": 1e-10}, "float32": {"rtol": 1e-3, "atol": 1e-3}}
