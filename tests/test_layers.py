@@ -72,6 +72,14 @@ def test_conv_im2col_auto_gathers_on_a_gpu_only(backend, rng):
     assert gathered == ("cuda" in backend.label), backend.label
 
 
+def test_conv_gather_index_is_dropped_when_the_layer_moves(backend, rng):
+    conv = Conv2D(1, 2, 3, im2col="gather").to(backend, dtype="float32")
+    conv(_x(backend, rng, (2, 1, 6, 6), "float32"))
+    assert len(conv._gather_index) == 1
+    conv.to("numpy")
+    assert conv._gather_index == {}
+
+
 def test_stacked_conv_gradients(backend, rng):
     model = Sequential(Conv2D(1, 3, 3, padding=1, rng=1), Tanh(), Conv2D(3, 2, 3, stride=2, rng=2), Sigmoid())
     results = assert_gradients_ok(model, _x(backend, rng, (2, 1, 7, 7)))

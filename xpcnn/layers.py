@@ -273,6 +273,10 @@ class Conv2D(Layer):
         self.save_for_backward(cols, tuple(padded.shape))
         return xp.reshape(z, (n, self.out_channels, out_h, out_w))
 
+    def to(self, backend, device=None, dtype: str | None = None):
+        self._gather_index = {}  # keep no index on a device the layer leaves
+        return super().to(backend, device, dtype)
+
     def _columns(self, xp, padded, out_h: int, out_w: int, ones_row: bool):
         """[cols ; 1] of every image: :func:`conv_columns` or :func:`gather_columns` (see im2col)."""
         if self.im2col == "slices" or (self.im2col == "auto" and not on_gpu(padded)):
