@@ -37,7 +37,9 @@ step() {  # step NAME LOGFILE COMMAND...: run, log, remember a failure
   "$python" -c "import jax; print('jax', jax.__version__, jax.devices())" || true  # JAX is optional here
 } 2>&1 | tee "$out/machine.txt"
 
-step "gpu tests" pytest_gpu.log "$python" -m pytest -m gpu -q -rs -p no:cacheprovider
+# CuPy and PyTorch on CUDA must be usable: a GPU test that skips for want of them is an error here.
+step "gpu tests" pytest_gpu.log env XPCNN_REQUIRE_BACKENDS="${XPCNN_REQUIRE_BACKENDS:-cupy:cuda,torch:cuda}" \
+  "$python" -m pytest -m gpu -q -rs -p no:cacheprovider
 step "parity numpy,cupy,torch:cuda" compare.log "$python" scripts/train.py --compare numpy,cupy,torch:cuda \
   --out "$out/compare" --quiet
 step "benchmark" bench.log "$python" scripts/bench.py --batch-sizes 128,512 --repeats 5 \
