@@ -121,8 +121,9 @@ def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=
     return epoch
 
 
-def torch_epoch(device, workload, images, targets, batch, filters, dtype):
-    """The same network in PyTorch's own layers and autograd."""
+def torch_epoch(device, workload, images, targets, batch, filters, dtype, threads=None):
+    """The same network in PyTorch's own layers and autograd; ``threads``: run the epoch with
+    that many intra-op threads (``torch.set_num_threads``, restored after), else PyTorch's default."""
     import torch
 
     torch.manual_seed(0)
@@ -141,6 +142,15 @@ def torch_epoch(device, workload, images, targets, batch, filters, dtype):
     batches = batches_of(len(images), batch)
 
     def epoch():
+        default_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            train_epoch()
+        finally:
+            torch.set_num_threads(default_threads)
+
+    def train_epoch():
         for index in batches:
             x = torch.from_numpy(images[index][:, None]).to(device).to(tdtype) / 255.0
             y = torch.from_numpy(targets[index]).to(device)
@@ -218,7 +228,8 @@ def torch_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=True, threads=1, chunk=None) -> dict:
+def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=True, threads=1, chunk=None,
+        torch_threads=()) -> dict:
     images, targets = workload_data(workload, None)
     if workload == "article":
         batch = len(images)
@@ -232,9 +243,13 @@ def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=Tru
                                                                     filters, dtype, threads, chunk)
     for device in torch_devices():
         epochs[f"torch-native:{device}"] = torch_epoch(device, workload, images, targets, batch, filters, dtype)
+        if device == "cpu":  # PyTorch held to fewer threads: the per-core comparison
+            for count in torch_threads:
+                epochs[f"torch-native:cpu, {count} thread{'s' if count > 1 else ''}"] = torch_epoch(
+                    device, workload, images, targets, batch, filters, dtype, threads=count)
     rows = []
     for spec, times in interleaved(epochs, repeats).items():
-        impl = f"pytorch nn {spec.split(':')[1]}" if spec.startswith("torch-native") else f"xpcnn {spec}"
+        impl = f"pytorch nn {spec.split(':', 1)[1]}" if spec.startswith("torch-native") else f"xpcnn {spec}"
         rows.append({"impl": impl, "spec": spec, "epoch_s": statistics.median(times), "times": times})
     if naive:
         seconds = naive_epoch_seconds(workload, images, targets, filters, naive_subset)
@@ -249,6 +264,10 @@ def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=Tru
             native = by_spec.get(f"torch-native:{device}")
             row["speed_vs_pytorch"] = native["epoch_s"] / row["epoch_s"] if native else None
             row["speed_vs_naive"] = by_spec["naive"]["epoch_s"] / row["epoch_s"] if "naive" in by_spec else None
+            if device == "cpu":  # against PyTorch held to N threads, where --torch-threads asked for it
+                row["speed_vs_pytorch_threads"] = {
+                    spec.rsplit(", ", 1)[1]: held["epoch_s"] / row["epoch_s"]
+                    for spec, held in by_spec.items() if spec.startswith("torch-native:cpu, ")}
     return {"workload": workload, "batch": batch, "filters": filters, "dtype": dtype, "images": len(images),
             "repeats": repeats, "rows": rows}
 
@@ -273,6 +292,9 @@ def print_table(result: dict) -> None:
         vs_torch = f"{row['speed_vs_pytorch']:.2f}x" if row.get("speed_vs_pytorch") else ""
         vs_naive = f"{row['speed_vs_naive']:.0f}x" if row.get("speed_vs_naive") else ""
         print(f"  {row['impl']:<40} {row['epoch_s']:10.4f} {row['images_per_s']:10.0f} {vs_torch:>14} {vs_naive:>12}")
+    for row in result["rows"]:
+        for held, ratio in row.get("speed_vs_pytorch_threads", {}).items():
+            print(f"  {row['impl']:<40} vs pytorch nn cpu, {held}: {ratio:.2f}x")
 
 
 def machine() -> dict:
@@ -306,6 +328,10 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=64,
                         help="also time xpcnn on NumPy with each batch run as pieces of at most this many "
                              "images, and use them in the threads row (0: no pieces; default 64)")
+    parser.add_argument("--torch-threads", default="", metavar="N[,M...]",
+                        help="also time PyTorch on the CPU held to each of these intra-op thread counts "
+                             "(the per-core comparison; the xpcnn/pytorch column stays against PyTorch's "
+                             "default, all cores)")
     parser.add_argument("--scale", action="store_true",
                         help="also time numpy on 5,000 and 60,000 images (linear-scaling check)")
     parser.add_argument("--im2col", choices=Conv2D.IM2COL, default="auto",
@@ -327,6 +353,14 @@ def main(argv=None) -> int:
         parser.error("--batch-sizes and --filters take comma-separated integers")
     if min(batch_sizes) < 1 or min(filter_counts) < 1:
         parser.error("--batch-sizes and --filters must be >= 1")
+    try:
+        torch_threads = [int(n) for n in args.torch_threads.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--torch-threads takes comma-separated integers, got {args.torch_threads!r}")
+    if torch_threads and min(torch_threads) < 1:
+        parser.error(f"--torch-threads must be >= 1, got {args.torch_threads!r}")
+    if torch_threads and importlib.util.find_spec("torch") is None:
+        parser.error("--torch-threads needs PyTorch: pip install torch")
     # Check what would fail at the end before spending minutes on timings.
     problem = check_writable_file(args.out)
     if problem:
@@ -341,14 +375,14 @@ def main(argv=None) -> int:
     print(f"machine: {report['machine']}")
     if args.workload in ("article", "both"):
         result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,
-                     chunk=args.chunk or None)
+                     chunk=args.chunk or None, torch_threads=torch_threads)
         print_table(result)
         report["results"].append(result)
     if args.workload in ("bench", "both"):
         for filters in filter_counts:
             for batch in batch_sizes:
                 result = run("bench", batch, filters, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,
-                             chunk=args.chunk or None, naive=(batch == batch_sizes[0]))
+                             chunk=args.chunk or None, naive=(batch == batch_sizes[0]), torch_threads=torch_threads)
                 print_table(result)
                 report["results"].append(result)
     if args.scale:

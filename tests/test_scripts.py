@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 
 import pytest
 
@@ -33,6 +34,26 @@ def test_bench_smoke(tmp_path, capsys):
     assert {"numpy", "array_api_strict:CPU_DEVICE", "naive"} <= set(rows)
     assert rows["numpy"]["speed_vs_naive"] > 1
     assert "xpcnn/naive" in capsys.readouterr().out
+
+
+def test_bench_times_pytorch_held_to_fewer_threads(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    assert load("bench").main(["--workload", "article", "--repeats", "1", "--naive-subset", "1", "--backends", "numpy",
+                               "--threads", "1", "--chunk", "0", "--torch-threads", "1", "--out", str(out)]) == 0
+    rows = {row["spec"]: row for row in json.loads(out.read_text())["results"][0]["rows"]}
+    assert {"torch-native:cpu", "torch-native:cpu, 1 thread"} <= set(rows)
+    held = rows["torch-native:cpu, 1 thread"]["epoch_s"]
+    assert rows["numpy"]["speed_vs_pytorch_threads"] == {"1 thread": pytest.approx(held / rows["numpy"]["epoch_s"])}
+    assert "xpcnn numpy" in capsys.readouterr().out.split("vs pytorch nn cpu, 1 thread:")[0].splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["0", "two", "1,-3"])
+def test_bench_rejects_bad_torch_thread_counts(value, capsys):
+    with pytest.raises(SystemExit) as info:
+        load("bench").main(["--torch-threads", value])
+    assert info.value.code == 2
+    assert "--torch-threads" in capsys.readouterr().err
 
 
 def test_bench_rejects_bad_flags(capsys):
@@ -106,3 +127,19 @@ def test_float32_chaos_reports_each_parameter(capsys):
     assert lines[1].split() == ["nudge", "seed", "0.weight", "0.bias", "4.weight", "4.bias"] and len(lines) == 3
     differences = [float(value) for value in lines[2].split()[1:]]
     assert all(0 < value < 0.1 for value in differences), differences  # apart, but the same training
+
+
+def test_share_contention_times_the_three_ways(capsys):
+    assert load("share_contention").main(["--share", "8", "--seconds", "0.2"]) == 0
+    out = capsys.readouterr().out
+    times = dict(re.findall(r"^  (alone|two threads at once|two processes at once) +([0-9.]+) ms", out, re.M))
+    assert set(times) == {"alone", "two threads at once", "two processes at once"}
+    assert all(float(ms) > 0 for ms in times.values())
+    assert "GIL on top (threads / processes)" in out
+
+
+@pytest.mark.parametrize("argv", [["--share", "0"], ["--seconds", "0"], ["--share", "5000"]])
+def test_share_contention_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        load("share_contention").main(argv)
+    assert info.value.code == 2
