@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import re
 
 import pytest
 
@@ -128,18 +127,3 @@ def test_float32_chaos_reports_each_parameter(capsys):
     differences = [float(value) for value in lines[2].split()[1:]]
     assert all(0 < value < 0.1 for value in differences), differences  # apart, but the same training
 
-
-def test_share_contention_times_the_three_ways(capsys):
-    assert load("share_contention").main(["--share", "8", "--seconds", "0.2"]) == 0
-    out = capsys.readouterr().out
-    times = dict(re.findall(r"^  (alone|two threads at once|two processes at once) +([0-9.]+) ms", out, re.M))
-    assert set(times) == {"alone", "two threads at once", "two processes at once"}
-    assert all(float(ms) > 0 for ms in times.values())
-    assert "GIL on top (threads / processes)" in out
-
-
-@pytest.mark.parametrize("argv", [["--share", "0"], ["--seconds", "0"], ["--share", "5000"]])
-def test_share_contention_usage_errors_exit_2(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        load("share_contention").main(argv)
-    assert info.value.code == 2
