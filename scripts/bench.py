@@ -13,11 +13,14 @@ baseline in the article's style (Python loops over images, filters and patches) 
 subset, scaled to a full epoch.  Warm-up first, then the median of --repeats epochs; GPU
 timings synchronise the device before the clock is read.  On NumPy it also times the same code
 with each batch run as pieces of --chunk images, and over --threads threads (xpcnn.parallel).
+PyTorch uses every core by default; --torch-threads 1 (or 1,2,...) adds PyTorch rows held to
+that many threads and prints each xpcnn CPU row against them: the per-core comparison.
 Before timing it sets OPENBLAS_THREAD_TIMEOUT and glibc's malloc thresholds (xpcnn.hostmem)
 for every implementation alike; the JSON records both.
 
   python scripts/bench.py                         # both workloads, table + bench.json
   python scripts/bench.py --batch-sizes 32,128,512 --filters 8,32 --plot
+  python scripts/bench.py --workload bench --backends numpy --torch-threads 1
 """
 
 from __future__ import annotations
