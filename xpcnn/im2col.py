@@ -1,0 +1,120 @@
+"""im2col and col2im: a convolution (or a pooling) as matrix products over input patches.
+
+For a padded input x of shape (N, C, H, W) and a kh x kw kernel moved by ``stride``, the output has
+out_h x out_w positions, (n + 2p - f) // stride + 1 per axis (:func:`_output_size`).  The patch
+under output position (r, s) is x[n, c, r*stride + i, s*stride + j] for the kernel offsets
+0 <= i < kh, 0 <= j < kw, and the layouts here put those numbers side by side:
+
+* :func:`im2col`: (N, C, kh*kw, out_h, out_w), entry [n, c, i*kw + j, r, s] -- what pooling
+  reduces over (axis 2);
+* :func:`conv_columns` / :func:`gather_columns`: (N, C*kh*kw [+ 1], out_h*out_w), row
+  c*kh*kw + i*kw + j of image n -- what a convolution multiplies its flattened filters with,
+  Z1_n = [f | b] . [cols_n ; 1], the optional last row of ones carrying the bias;
+* :func:`col2im`: the adjoint (transpose) of :func:`im2col`: every entry of the columns added
+  back to the input position it came from, so that <im2col(x), c> = <x, col2im(c)>.  That is
+  the backward pass: dE/dX = col2im(dE/dcols).
+
+The same columns are built two ways, bit for bit equal (the same numbers copied to the same
+places):
+
+* strided slices (:func:`conv_columns`, :func:`im2col`): kh*kw slices of the input, each one
+  kernel offset's view of every output position, stacked in two passes (first the kw column
+  shifts of whole rows, then the kh row shifts of those as whole (out_h, out_w) blocks).
+  Many small copies: fastest on a CPU.
+* one gather (:func:`gather_index`, :func:`gather_columns`): a precomputed integer index into
+  the flattened input and a single ``take``.  Few, large operations: fastest on a GPU, where
+  each operation costs 10-100 us of host time (measured: docs/performance.md).
+
+Only array API standard functions (plus array-api-extra's ``at`` for col2im's scatter-add);
+every new array is made on the input's device with its dtype.
+"""
+
+from __future__ import annotations
+
+import array_api_extra as xpx
+from array_api_compat import device as device_of
+
+
+def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """(n + 2p - f) // s + 1, the article's n - f + 1 when s = 1 and p = 0."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _window(i: int, j: int, stride: int, out_h: int, out_w: int):
+    """The strided slice of a padded input that kernel offset (i, j) sees."""
+    return (slice(None), slice(None),
+            slice(i, i + stride * (out_h - 1) + 1, stride),
+            slice(j, j + stride * (out_w - 1) + 1, stride))
+
+
+def _column_shifts(xp, x, kw: int, stride: int, out_w: int):
+    """First pass of im2col: the kw column shifts of every row, (N, C, H, W) -> (N, C, kw, H, out_w)."""
+    col_span = stride * (out_w - 1) + 1
+    return xp.stack([x[:, :, :, j:j + col_span:stride] for j in range(kw)], axis=2)
+
+
+def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
+    """The input patch under every kernel offset: x (N, C, H, W) -> (N, C, kh*kw, out_h, out_w),
+    entry [n, c, i*kw + j, r, s] = x[n, c, r*stride + i, s*stride + j].
+
+    Built in two passes of strided slices: first the kw column shifts of every row, then the
+    kh row shifts of those; the second pass copies whole (out_h, out_w) blocks at a time, which
+    is faster than 25 slices of short rows (measured: docs/performance.md)."""
+    row_span = stride * (out_h - 1) + 1
+    shifted = _column_shifts(xp, x, kw, stride, out_w)
+    return xp.reshape(xp.stack([shifted[:, :, :, i:i + row_span:stride, :] for i in range(kh)], axis=2),
+                      (x.shape[0], x.shape[1], kh * kw, out_h, out_w))
+
+
+def conv_columns(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int, ones_row: bool):
+    """im2col laid out for the convolution's product: (N, C*kh*kw [+ 1], out_h*out_w), row
+    c*kh*kw + i*kw + j of image n holding x[n, c, r*stride + i, s*stride + j] over the output
+    positions (r, s), and with ``ones_row`` a last row of ones that multiplies the bias.
+    Same two passes as :func:`im2col`; the second writes the rows and the ones in one ``concat``."""
+    n, channels, row_span = x.shape[0], x.shape[1], stride * (out_h - 1) + 1
+    shifted = _column_shifts(xp, x, kw, stride, out_w)
+    rows = [xp.reshape(shifted[:, c, :, i:i + row_span:stride, :], (n, kw, out_h * out_w))
+            for c in range(channels) for i in range(kh)]
+    if ones_row:
+        rows.append(xp.ones((n, 1, out_h * out_w), dtype=x.dtype, device=device_of(x)))
+    return xp.concat(rows, axis=1)
+
+
+def gather_index(xp, device, channels: int, h: int, w: int, kh: int, kw: int, stride: int, out_h: int,
+                 out_w: int, ones_row: bool):
+    """Where each entry of :func:`conv_columns` comes from in the flattened (C*H*W) input, for
+    :func:`gather_columns`: row c*kh*kw + i*kw + j, column r*out_w + s holds position
+    c*H*W + (r*stride + i)*W + s*stride + j; with ``ones_row`` a last row pointing at position
+    C*H*W (the 1 that :func:`gather_columns` appends).  Shape ((C*kh*kw [+ 1]) * out_h*out_w,)."""
+    def ramp(count, step, shape):  # 0, step, 2*step, ... laid out in ``shape``
+        return xp.reshape(xp.arange(count, dtype=xp.int64, device=device) * step, shape)
+
+    rows = ramp(channels, h * w, (-1, 1, 1)) + ramp(kh, w, (1, -1, 1)) + ramp(kw, 1, (1, 1, -1))
+    columns = ramp(out_h, stride * w, (-1, 1)) + ramp(out_w, stride, (1, -1))
+    rows, columns = xp.reshape(rows, (-1, 1)), xp.reshape(columns, (1, -1))
+    index = rows + columns
+    if ones_row:
+        index = xp.concat([index, xp.full((1, out_h * out_w), channels * h * w, dtype=xp.int64, device=device)])
+    return xp.reshape(index, (-1,))
+
+
+def gather_columns(xp, x, index, positions: int, ones_row: bool):
+    """:func:`conv_columns` as one gather (``take``) instead of strided slices and a ``concat``:
+    (N, C, H, W) -> (N, C*kh*kw [+ 1], positions).  Fewer, larger operations, which is what a GPU
+    wants (each costs 10-100 us of host time there); on a CPU the slices are 2-3x faster
+    (measured: docs/performance.md)."""
+    n = x.shape[0]
+    flat = xp.reshape(x, (n, -1))
+    if ones_row:
+        flat = xp.concat([flat, xp.ones((n, 1), dtype=x.dtype, device=device_of(x))], axis=1)
+    return xp.reshape(xp.take(flat, index, axis=1), (n, -1, positions))
+
+
+def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int):
+    """Adjoint of :func:`im2col`: scatter-add each offset's slice back (array-api-extra ``at``)."""
+    out_h, out_w = cols.shape[-2], cols.shape[-1]
+    grad = xp.zeros(padded_shape, dtype=cols.dtype, device=device_of(cols))
+    for k in range(kh * kw):
+        i, j = divmod(k, kw)
+        grad = xpx.at(grad)[_window(i, j, stride, out_h, out_w)].add(cols[:, :, k, ...], xp=xp)
+    return grad
