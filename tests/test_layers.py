@@ -113,6 +113,36 @@ def test_article_network_gradients(backend, rng):
     assert_gradients_ok(model, x, loss=xpcnn.MSELoss(), target=target, rtol=1e-4)
 
 
+# -- input_grad=False: every layer takes it ----------------------------------------
+
+LAYERS_AND_SHAPES = [
+    (lambda: Conv2D(2, 3, 3, padding=1, rng=1), (2, 2, 6, 6)),
+    (lambda: Dense(6, 4, rng=5), (3, 6)),
+    (lambda: Sigmoid(), (3, 2, 2, 3)), (lambda: Tanh(), (3, 2, 2, 3)), (lambda: ReLU(), (3, 2, 2, 3)),
+    (lambda: Flatten(), (3, 2, 2, 3)), (lambda: MaxPool2D(2), (2, 2, 4, 6)), (lambda: AvgPool2D(2), (2, 2, 4, 6)),
+]
+
+
+@pytest.mark.parametrize("make,shape", LAYERS_AND_SHAPES,
+                         ids=["conv", "dense", "sigmoid", "tanh", "relu", "flatten", "maxpool", "avgpool"])
+def test_backward_without_input_grad(backend, rng, make, shape):
+    """``backward(g, input_grad=False)`` returns None, leaves the parameter gradients bit for bit
+    what ``backward(g)`` gives, and lets go of what forward saved, like a full backward."""
+    layer = make().to(backend, dtype="float64")
+    x = _x(backend, rng, shape)
+    grad = backend.xp.ones_like(layer(x))
+    full = layer.backward(grad)
+    assert full is not None and full.shape == x.shape
+    expected = {name: to_numpy(value) for name, value in layer.grads.items()}
+    layer(x)
+    assert layer.backward(grad, input_grad=False) is None
+    assert set(layer.grads) == set(expected)
+    for name, value in layer.grads.items():
+        np.testing.assert_array_equal(to_numpy(value), expected[name])
+    with pytest.raises(RuntimeError, match=f"{layer.name}.backward: no forward pass"):
+        layer.backward(grad, input_grad=False)
+
+
 # -- dtype, device and portability -------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

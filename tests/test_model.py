@@ -119,6 +119,27 @@ def test_backward_releases_what_forward_saved(backend, rng):
     assert model.backward(grad).shape == (2, 1, 8, 8)
 
 
+@pytest.mark.parametrize("first", ["conv", "relu", "flatten"])
+def test_backward_without_input_grad_returns_none_for_any_first_layer(backend, rng, first):
+    """Sequential.backward(g, input_grad=False) hands the flag to its first layer, whatever its type:
+    None comes back, and the parameter gradients are those of a full backward."""
+    rest = [Flatten(), Dense(2 * 4 * 4, 3, rng=2)]
+    layers = {"conv": [Conv2D(1, 2, 3, padding=1, rng=1), MaxPool2D(2)],
+              "relu": [ReLU(), Conv2D(1, 2, 3, padding=1, rng=1), MaxPool2D(2)],
+              "flatten": [Flatten(), Dense(64, 32, rng=1), ReLU(), Dense(32, 2 * 4 * 4, rng=3)]}[first]
+    model = Sequential(*layers, *rest[1:] if first == "flatten" else rest).to(backend, dtype="float64")
+    x = backend.asarray(rng.standard_normal((2, 1, 8, 8)), "float64")
+    grad = backend.asarray(np.ones((2, 3)), "float64")
+    model(x)
+    assert model.backward(grad).shape == (2, 1, 8, 8)
+    full = {name: to_numpy(value) for name, value in model.named_gradients()}
+    model(x)
+    assert model.backward(grad, input_grad=False) is None
+    assert list(full) == [name for name, _ in model.named_gradients()]
+    for name, value in model.named_gradients():
+        np.testing.assert_array_equal(to_numpy(value), full[name])
+
+
 def test_inference_forward_keeps_nothing_and_restores_training(backend, rng):
     model = small_model().to(backend, dtype="float32")
     x = backend.asarray(rng.random((2, 1, 8, 8)), "float32")

@@ -45,8 +45,12 @@ def _check_input(xp, x, layer: "Layer", ndim: int, expected: str):
 
 
 class Layer:
-    """A layer: ``forward(x)``, ``backward(grad_out) -> grad_in``, and named
+    """A layer: ``forward(x)``, ``backward(grad_out, input_grad=True) -> grad_in``, and named
     ``params`` / ``grads`` dictionaries (empty for parameter-free layers).
+
+    ``backward`` fills ``grads`` (dE/d of each parameter) and returns dE/dX; with
+    ``input_grad=False`` it may skip dE/dX and return None (the first layer of a network: nothing
+    uses its input gradient).  Every layer takes the flag, so ``Sequential.backward`` treats them alike.
 
     ``forward`` keeps what ``backward`` needs with :meth:`save_for_backward`; ``backward`` takes
     it back with :meth:`saved_for_backward`, which lets it go.  Nothing a step computed stays
@@ -291,9 +295,9 @@ class Sigmoid(Layer):
         self.save_for_backward(output)
         return output
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad: bool = True):
         (a,) = self.saved_for_backward()
-        return grad_out * (a * (1.0 - a))
+        return grad_out * (a * (1.0 - a)) if input_grad else None
 
 
 class Tanh(Layer):
@@ -305,9 +309,9 @@ class Tanh(Layer):
         self.save_for_backward(output)
         return output
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad: bool = True):
         (a,) = self.saved_for_backward()
-        return grad_out * (1.0 - a * a)
+        return grad_out * (1.0 - a * a) if input_grad else None
 
 
 class ReLU(Layer):
@@ -319,9 +323,9 @@ class ReLU(Layer):
         self.save_for_backward(mask)
         return x * mask
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad: bool = True):
         (mask,) = self.saved_for_backward()
-        return grad_out * mask
+        return grad_out * mask if input_grad else None
 
 
 class Flatten(Layer):
@@ -332,9 +336,11 @@ class Flatten(Layer):
         self.save_for_backward(tuple(x.shape))
         return xp.reshape(x, (x.shape[0], -1))
 
-    def backward(self, grad_out):
-        xp = namespace(grad_out, where=f"{self.name}.backward")
+    def backward(self, grad_out, input_grad: bool = True):
         (shape,) = self.saved_for_backward()
+        if not input_grad:
+            return None
+        xp = namespace(grad_out, where=f"{self.name}.backward")
         return xp.reshape(grad_out, shape)
 
     def infer_shape(self, shape):
@@ -381,8 +387,10 @@ class MaxPool2D(_Pool2D):
         self.save_for_backward(xp.argmax(cols, axis=2), tuple(x.shape))
         return xp.max(cols, axis=2)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad: bool = True):
         argmax, input_shape = self.saved_for_backward()
+        if not input_grad:
+            return None
         xp = namespace(grad_out, argmax, where=f"{self.name}.backward")
         offsets = xp.arange(self.kh * self.kw, device=device_of(grad_out))[:, None, None]
         mask = xp.astype(argmax[:, :, None, ...] == offsets, grad_out.dtype)
@@ -397,8 +405,10 @@ class AvgPool2D(_Pool2D):
         self.save_for_backward(tuple(x.shape))
         return xp.mean(cols, axis=2)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad: bool = True):
         (input_shape,) = self.saved_for_backward()
+        if not input_grad:
+            return None
         xp = namespace(grad_out, where=f"{self.name}.backward")
         k = self.kh * self.kw
         cols = xp.broadcast_to(grad_out[:, :, None, ...] / k, (*grad_out.shape[:2], k, *grad_out.shape[2:]))

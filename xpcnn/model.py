@@ -31,10 +31,7 @@ class Sequential(Layer):
         first layer skips dE/dX, which nothing uses, and None is returned."""
         for layer in reversed(self.layers[1:]):
             grad_out = layer.backward(grad_out)
-        first = self.layers[0]
-        if input_grad or not isinstance(first, (Conv2D, Dense)):
-            return first.backward(grad_out)
-        return first.backward(grad_out, input_grad=False)
+        return self.layers[0].backward(grad_out, input_grad=input_grad)
 
     @contextlib.contextmanager
     def inference(self):
