@@ -10,14 +10,29 @@ import os
 import tempfile
 
 
+def _umask() -> int:
+    """The process umask.  POSIX can only read it by setting it, so set it and put it straight
+    back (for that instant a file another thread creates is not masked at all)."""
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """``with atomic_write(path) as handle: handle.write(...)``."""
+    """``with atomic_write(path) as handle: handle.write(...)``.
+
+    The file ends with the permissions a plain ``open(path, "w")`` would give a new file,
+    0o666 & ~umask (0o644 under the usual umask 0o022), not the 0o600 that ``tempfile.mkstemp``
+    gives its temporary file: the temporary file is ``fchmod``-ed before it is renamed into place.
+    (An existing file's permissions are not kept; the new file replaces it.)"""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
     try:
         with os.fdopen(fd, mode) as handle:
+            if hasattr(os, "fchmod"):  # POSIX (and Windows from Python 3.13)
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
