@@ -1,10 +1,17 @@
-"""The one test fixture over (namespace, device), and where skips are decided.
+"""The test fixtures over (namespace, device) and dtype, and where skips are decided.
 
 ``backend`` runs a test on every backend spec below that is selected (option
 ``--backends`` or env ``XPCNN_BACKENDS``, comma-separated names or specs) and
 available.  A backend named in ``XPCNN_REQUIRE_BACKENDS`` (CI sets it) that
 cannot be resolved is an error, not a skip.  CUDA specs carry the ``gpu``
 marker: ``pytest -m gpu`` runs just those on a GPU machine.
+
+``dtype`` runs a test in ``"float32"`` and ``"float64"``.  Test ids name the backend spec, then
+the dtype: ``test_x[numpy-float64]``, ``test_x[array_api_strict:device1-float32]``.
+
+Assertions that check namespace, device, dtype and shape as well as values
+(``xp_assert_close``) live in ``tests/helpers.py``: ``from helpers import xp_assert_close``
+(pytest puts ``tests/`` on ``sys.path``: it has a conftest.py and no ``__init__.py``).
 """
 
 from __future__ import annotations
@@ -65,6 +72,10 @@ def _params(config):
             for spec in _selected(config)]
 
 
+DTYPES = ["float32", "float64"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures' own params (dtype): ids read "numpy-float64"
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", _params(metafunc.config), indirect=True)
@@ -99,6 +110,12 @@ def backend(request):
 @pytest.fixture
 def cpu_backend(request):
     return _resolve_or_skip(request.param)
+
+
+@pytest.fixture(params=DTYPES, ids=DTYPES)
+def dtype(request):
+    """A floating dtype name, ``"float32"`` or ``"float64"`` (``backend.dtype(name)`` gives the dtype)."""
+    return request.param
 
 
 @pytest.fixture
