@@ -51,36 +51,6 @@ def test_conv_gradients(backend, rng, case, im2col):
     assert_gradients_ok(conv, _x(backend, rng, shape))
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c['kernel_size']}s{c['stride']}p{c['padding']}")
-def test_conv_gather_and_slices_agree_bit_for_bit(backend, rng, case):
-    """The two ways of building the patches copy the same numbers to the same places."""
-    case = dict(case)
-    x = _x(backend, rng, case.pop("shape"), "float32")
-    results = []
-    for im2col in ("slices", "gather"):
-        conv = Conv2D(**case, rng=3, im2col=im2col).to(backend, dtype="float32")
-        out = conv(x)
-        grad_in = conv.backward(out)
-        results.append([out, grad_in, *conv.grads.values()])
-    for slices, gather in zip(*results):
-        xp_assert_close(gather, slices, rtol=0)
-
-
-def test_conv_im2col_auto_gathers_on_a_gpu_only(backend, rng):
-    conv = Conv2D(1, 2, 3).to(backend, dtype="float32")
-    conv(_x(backend, rng, (2, 1, 6, 6), "float32"))
-    gathered = bool(conv._gather_index)  # the gather path keeps its index for the next batch
-    assert gathered == ("cuda" in backend.label), backend.label
-
-
-def test_conv_gather_index_is_dropped_when_the_layer_moves(backend, rng):
-    conv = Conv2D(1, 2, 3, im2col="gather").to(backend, dtype="float32")
-    conv(_x(backend, rng, (2, 1, 6, 6), "float32"))
-    assert len(conv._gather_index) == 1
-    conv.to("numpy")
-    assert conv._gather_index == {}
-
-
 def test_stacked_conv_gradients(backend, rng):
     model = Sequential(Conv2D(1, 3, 3, padding=1, rng=1), Tanh(), Conv2D(3, 2, 3, stride=2, rng=2), Sigmoid())
     results = assert_gradients_ok(model, _x(backend, rng, (2, 1, 7, 7)))
