@@ -22,10 +22,12 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import bench  # noqa: E402  (first: it sets OPENBLAS_THREAD_TIMEOUT before NumPy loads)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as bench.py does, before NumPy loads (docs/performance.md)
+
+from xpcnn import benchmark as bench  # noqa: E402
+from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xpcnn import data, resolve  # noqa: E402
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.filters < 1 or args.repeats < 1:
         parser.error("--batch-size, --filters and --repeats must be >= 1")
-    bench.keep_freed_memory()  # the same allocator settings as bench.py
+    keep_freed_memory()  # the same allocator settings as bench.py
     images, labels = bench.workload_data("bench", None)
     batches = bench.batches_of(len(images), args.batch_size)
     start = bench.xpcnn_network("bench", args.filters).to(resolve("numpy"), dtype="float32").state_dict()

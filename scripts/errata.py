@@ -30,16 +30,13 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from xpcnn import data  # noqa: E402
-from xpcnn.layers import Conv2D, Dense, Flatten, Sigmoid  # noqa: E402
 from xpcnn.losses import MSELoss  # noqa: E402
 from xpcnn.model import Sequential  # noqa: E402
+from xpcnn.networks import article_network  # noqa: E402
 
 
 def network(seed: int) -> Sequential:
-    rng = np.random.default_rng(seed)
-    model = Sequential(Conv2D(1, 3, 5, bias=False, init="glorot", rng=rng), Sigmoid(), Flatten(),
-                       Dense(1728, 1, init="glorot", rng=rng), Sigmoid())
-    return model
+    return article_network(outputs=1, init="glorot", rng=seed)
 
 
 def loss_of(model, x, y, normalise: bool = False) -> float:

@@ -23,13 +23,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # as in bench.p
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench import workload_data, xpcnn_network  # noqa: E402
+from xpcnn.benchmark import workload_data, xpcnn_network  # noqa: E402
 from xpcnn import data  # noqa: E402
 from xpcnn.backend import BackendError, parse_spec, resolve, synchronize  # noqa: E402
-from xpcnn.hostmem import keep_freed_memory  # noqa: E402
+from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
 from xpcnn.layers import Conv2D  # noqa: E402
 from xpcnn.losses import SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.optim import SGD  # noqa: E402

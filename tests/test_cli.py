@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from xpcnn import data
-from xpcnn.cli import main
+from xpcnn.cli import train_main as main
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")

@@ -1,4 +1,4 @@
-"""xpcnn.hostmem: the allocator setting is explicit, honest about what it did, and lets the
+"""xpcnn.training.hostmem: the allocator setting is explicit, honest about what it did, and lets the
 user's environment win."""
 
 import platform
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from xpcnn.hostmem import keep_freed_memory
+from xpcnn.training.hostmem import keep_freed_memory
 
 
 def test_the_users_environment_wins(monkeypatch):
@@ -39,9 +39,9 @@ def test_only_a_call_tunes_the_allocator_never_an_import():
             "        seen.append(name)\n"
             "        return real.__getattr__(self, name)\n"
             "ctypes.CDLL = Spy\n"
-            "import xpcnn, xpcnn.training, xpcnn.parallel, xpcnn.cli, xpcnn.hostmem\n"
+            "import xpcnn, xpcnn.training, xpcnn.cli, xpcnn.training.hostmem\n"
             "print('mallopt' in seen)\n"
-            "xpcnn.hostmem.keep_freed_memory()\n"
+            "xpcnn.training.hostmem.keep_freed_memory()\n"
             "print('mallopt' in seen)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "True"]

@@ -1,11 +1,13 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 
 from xpcnn import data, resolve
 from xpcnn.checkpoint import CheckpointError
-from xpcnn.training import PRESETS, Config, Diverged, Interrupted, Trainer, build_model, confusion_matrix, random_shift
+from xpcnn.training import (PRESETS, Checkpointer, Config, Diverged, Interrupted, Lambda, Trainer, build_model,
+                            confusion_matrix, random_shift)
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +59,15 @@ def test_resume_mid_epoch_is_bitwise_identical(small, tmp_path, cpu_backend):
     interrupted = Trainer(config, cpu_backend)
     calls = {"n": 0}
 
-    def stop_after_some_steps(epoch, step, steps, loss):
+    def stop_after_some_steps(trainer, values):
         calls["n"] += 1
-        if epoch == 2 and step >= 5:
-            interrupted.stop_requested = True
+        if trainer.state.epoch == 1 and trainer.state.step_in_epoch >= 5:
+            trainer.stop_requested = True
 
     interrupted.sync_every = 1
     path = tmp_path / "ckpt.npz"
     with pytest.raises(Interrupted, match="interrupted at epoch 2, step 5"):
-        interrupted.fit(train, progress=stop_after_some_steps, checkpoint_path=path)
+        interrupted.fit(train, extensions=[Lambda(on_losses=stop_after_some_steps), Checkpointer(path)])
     resumed = Trainer(config, cpu_backend)
     resumed.resume(path)
     assert (resumed.state.epoch, resumed.state.step_in_epoch) == (1, 5)
@@ -134,7 +136,8 @@ def test_memory_does_not_grow(small):
     train, validation = small
     process, rss = psutil.Process(), {}
     trainer = Trainer(dataclasses.replace(SMALL, epochs=10), resolve("numpy"))
-    trainer.fit(train, validation, on_epoch=lambda r: rss.__setitem__(r.epoch, process.memory_info().rss))
+    trainer.fit(train, validation,
+                extensions=[Lambda(on_epoch_end=lambda t, r: rss.__setitem__(r["epoch"], process.memory_info().rss))])
     assert rss[10] <= rss[2] * 1.03, {k: v / 1e6 for k, v in rss.items()}
 
 
@@ -163,7 +166,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(preset, small, monke
         for name in HOST_READS:
             patch.setattr(array_type, name, refuse(name))
         losses = [trainer.step(train.images[i:i + 32], targets[i:i + 32]) for i in range(0, 96, 32)]
-    trainer._sync(losses, 0)
+    trainer._sync(losses, trainer.extensions)
     assert len(trainer.state.step_losses) == 3 and all(np.isfinite(trainer.state.step_losses))
 
 
@@ -191,5 +194,151 @@ def test_a_cuda_training_step_never_synchronises(preset, small, torch_cuda):
             trainer.optimizer.step(trainer.model)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    trainer._sync(losses, 0)
+    trainer._sync(losses, trainer.extensions)
     assert len(trainer.state.step_losses) == 3 and all(np.isfinite(trainer.state.step_losses))
+
+
+# -- the library does what the command line does ---------------------------------------------------
+
+def test_binary_task_from_python_trains_like_the_cli(small):
+    """The task -> loss rule lives in Config: a binary run from Python takes BCE (not softmax CE)."""
+    train, validation = small
+    config = Config(task="binary", epochs=1, batch_size=50)
+    assert config.loss == "bce" and config.outputs == 1
+    assert Config(task="multiclass", loss="mse").loss == "softmax_ce"
+    assert dataclasses.replace(PRESETS["article"], task="binary").loss == "mse"  # the article's choice stays
+    with Trainer(config, resolve("numpy")) as trainer:
+        history = trainer.fit(train, validation)
+    assert np.isfinite(history[0]["loss"]) and 0.5 < history[0]["val_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("preset,task", [("default", "multiclass"), ("default", "binary"),
+                                         ("article", "binary"), ("article", "multiclass")])
+def test_every_preset_and_task_trains_bitwise_the_same_from_python_and_the_cli(tmp_path, preset, task, capsys):
+    from xpcnn.cli import train_main
+    from xpcnn.training import standard_extensions
+
+    dataset = data.load_embedded()
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=dataset.train.images[:330], y_train=dataset.train.labels[:330],
+             x_test=dataset.validation.images[:60], y_test=dataset.validation.labels[:60])
+    assert train_main(["--data", str(npz), "--eval-data", str(npz), "--preset", preset, "--task", task,
+                       "--epochs", "2", "--batch-size", "40", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    loaded = data.load(str(npz))
+    config = dataclasses.replace(PRESETS[preset], task=task, epochs=2, batch_size=40)
+    with Trainer(config, resolve("numpy"), extensions=standard_extensions(
+            out=str(tmp_path / "lib"), test=loaded.test, test_label=f"test ({npz})", source=str(npz),
+            verbose=False, progress=False)) as trainer:
+        trainer.fit(loaded.train, loaded.validation)
+    cli = np.load(tmp_path / "cli" / "checkpoint.npz")
+    lib = np.load(tmp_path / "lib" / "checkpoint.npz")
+    assert sorted(cli.files) == sorted(lib.files)
+    for key in cli.files:
+        if key != "meta":
+            np.testing.assert_array_equal(cli[key], lib[key], err_msg=key)
+    cli_metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    lib_metrics = json.loads((tmp_path / "lib" / "metrics.json").read_text())
+    assert cli_metrics["final"] == lib_metrics["final"] and cli_metrics["step_losses"] == lib_metrics["step_losses"]
+    assert cli_metrics["config"] == lib_metrics["config"] == dataclasses.asdict(config)
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "lib" / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_from_checkpoint_applies_the_resume_policy(small, tmp_path):
+    train, _ = small
+    config = dataclasses.replace(SMALL, epochs=1, dtype="float64")
+    with Trainer(config, resolve("numpy"), extensions=[Checkpointer(tmp_path / "c.npz")]) as first:
+        first.fit(train)
+    with Trainer.from_checkpoint(tmp_path / "c.npz", resolve("numpy"), epochs=2) as resumed:
+        assert resumed.config == dataclasses.replace(config, epochs=2) and resumed.state.epoch == 1
+        resumed.fit(train)
+    with Trainer(dataclasses.replace(config, epochs=2), resolve("numpy")) as straight:
+        straight.fit(train)
+    for name, value in straight.model.state_dict().items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[name], value)
+    other = Trainer(dataclasses.replace(config, lr=0.5), resolve("numpy"))
+    with pytest.raises(CheckpointError, match=r"only epochs may change, not lr \(0.05 in the checkpoint, 0.5 asked for\)"):
+        other.resume(tmp_path / "c.npz")
+
+
+# -- extensions -------------------------------------------------------------------------------
+
+def test_extensions_run_in_priority_order_at_each_event(small):
+    from xpcnn.training import Extension
+    from xpcnn.training.extensions import PRIORITY_EDITOR, PRIORITY_READER, PRIORITY_WRITER
+
+    train, validation = small
+    seen = []
+
+    def recorder(name, priority):
+        class Recorder(Extension):
+            def on_fit_start(self, trainer): seen.append((name, "fit_start"))
+            def on_epoch_end(self, trainer, record):
+                seen.append((name, "epoch_end", record["val_accuracy"] is not None, trainer.state.epoch))
+            def on_fit_end(self, trainer): seen.append((name, "fit_end"))
+            def close(self): seen.append((name, "close"))
+        recorder_ = Recorder()
+        recorder_.priority = priority
+        return recorder_
+
+    with Trainer(dataclasses.replace(SMALL, epochs=1), resolve("numpy")) as trainer:
+        trainer.fit(train.take(100), validation.take(50),
+                    extensions=[recorder("reader", PRIORITY_READER), recorder("writer", PRIORITY_WRITER + 10),
+                                recorder("editor", PRIORITY_EDITOR)])
+    assert seen == [("writer", "fit_start"), ("editor", "fit_start"), ("reader", "fit_start"),
+                    ("writer", "epoch_end", False, 1),  # runs before the evaluator (PRIORITY_WRITER)
+                    ("editor", "epoch_end", True, 1), ("reader", "epoch_end", True, 1),
+                    ("writer", "fit_end"), ("editor", "fit_end"), ("reader", "fit_end"),
+                    ("writer", "close"), ("editor", "close"), ("reader", "close")]
+
+
+def test_learning_rate_schedule_is_an_extension_from_the_config(small):
+    train, _ = small
+    rates = []
+    config = dataclasses.replace(SMALL, epochs=3, lr=0.1, lr_decay=0.5)
+    with Trainer(config, resolve("numpy")) as trainer:
+        trainer.fit(train.take(100), extensions=[Lambda(on_epoch_end=lambda t, r: rates.append(t.optimizer.lr))])
+    assert rates == [0.1, 0.05, 0.025]
+
+
+def test_early_stopping_stops_at_the_end_of_an_epoch_and_resume_decides_alike(small, tmp_path):
+    from xpcnn.training import EarlyStopping
+
+    train, validation = small
+    config = dataclasses.replace(SMALL, epochs=8, lr=1.0, optimizer="sgd", dtype="float64")  # too high: it stalls
+    stopper = EarlyStopping("val_accuracy", patience=1, mode="max", min_delta=0.5)  # no epoch improves by 50%
+    with Trainer(config, resolve("numpy"), extensions=[stopper, Checkpointer(tmp_path / "c.npz")]) as trainer:
+        history = trainer.fit(train.take(100), validation.take(50))
+    assert len(history) == 2 and trainer.state.epoch == 2
+    with pytest.raises(ValueError, match="EarlyStopping: mode"):
+        EarlyStopping(mode="up")
+    with Trainer(config, resolve("numpy"), extensions=[EarlyStopping("val_loss")]) as trainer:
+        with pytest.raises(ValueError, match="no 'val_loss'"):
+            trainer.fit(train.take(100))
+
+
+def test_log_report_writes_json_lines_of_the_whole_history(small, tmp_path):
+    from xpcnn.training import LogReport
+
+    train, validation = small
+    path = tmp_path / "log.jsonl"
+    with Trainer(dataclasses.replace(SMALL, epochs=2), resolve("numpy"), extensions=[LogReport(path)]) as trainer:
+        trainer.fit(train.take(100), validation.take(50))
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records == json.loads(json.dumps(trainer.state.history))
+    assert [r["epoch"] for r in records] == [1, 2] and all(r["val_accuracy"] is not None for r in records)
+
+
+def test_lambda_rejects_unknown_events():
+    with pytest.raises(TypeError, match="unknown event"):
+        Lambda(on_batch=print)
+
+
+def test_fit_refuses_other_data_than_the_checkpoint_trained_on(small, tmp_path):
+    train, _ = small
+    with Trainer(dataclasses.replace(SMALL, epochs=1), resolve("numpy"),
+                 extensions=[Checkpointer(tmp_path / "c.npz")]) as trainer:
+        trainer.fit(train.take(100))
+    with Trainer(dataclasses.replace(SMALL, epochs=2), resolve("numpy")) as resumed:
+        resumed.resume(tmp_path / "c.npz")
+        with pytest.raises(CheckpointError, match="trained on 100 images per epoch; this data has 150"):
+            resumed.fit(train.take(150))

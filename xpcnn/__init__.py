@@ -6,7 +6,7 @@ from .model import Sequential, StateDictError
 from .losses import MSELoss, BCELoss, SoftmaxCrossEntropyLoss
 from .optim import SGD, Adam
 from .gradcheck import check_gradients, assert_gradients_ok
-from . import data, parity, training  # noqa: E402  (xpcnn.data.load_embedded() etc.)
+from . import data, networks, parity, training  # noqa: E402  (xpcnn.data.load_embedded() etc.)
 
 __version__ = "0.1.0"
 
@@ -14,5 +14,5 @@ __all__ = [
     "Backend", "BackendError", "resolve", "to_numpy", "from_numpy", "transfer", "available",
     "Conv2D", "Dense", "Sigmoid", "Tanh", "ReLU", "Flatten", "MaxPool2D", "AvgPool2D",
     "Sequential", "StateDictError", "MSELoss", "BCELoss", "SoftmaxCrossEntropyLoss", "SGD", "Adam",
-    "check_gradients", "assert_gradients_ok", "data", "parity", "training",
+    "check_gradients", "assert_gradients_ok", "data", "networks", "parity", "training",
 ]

@@ -21,6 +21,7 @@ array_api_strict    CPU_DEVICE, device1, device2            xpcnn[test]
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -69,17 +70,26 @@ class Backend:
 
 
 def device_name(device) -> str:
-    """A short printable name of a device object ('cpu', 'cuda:0', 'device1')."""
-    text = str(device)
-    if text.startswith("array_api_strict.Device("):
-        return text[len("array_api_strict.Device('"):-2]
-    if text.startswith("CudaDevice(id="):  # jax
-        return "cuda:" + text[len("CudaDevice(id="):-1]
-    if text.startswith("TFRT_CPU_") or text.startswith("CpuDevice("):
-        return "cpu"
-    if text.startswith("<CUDA Device "):  # cupy
-        return "cuda:" + text[len("<CUDA Device "):-1]
-    return text
+    """A short printable name of a device object ('cpu', 'cuda:0', 'device1'), read from the
+    device's own attributes (each library names its devices differently)."""
+    if isinstance(device, str):  # numpy's "cpu"
+        return device
+    module = type(device).__module__.split(".")[0]
+    if module == "array_api_strict":
+        return device._device
+    if module == "torch":
+        return device.type if device.index is None else f"{device.type}:{device.index}"
+    if module in ("jax", "jaxlib"):
+        return "cpu" if device.platform == "cpu" else f"cuda:{device.id}"
+    if module in ("cupy", "cupy_backends"):
+        return f"cuda:{device.id}"
+    return str(device)
+
+
+def default_backend_name(device: str | None) -> str:
+    """The backend a device string implies when none is named: CuPy for ``cuda``/``cuda:N``,
+    NumPy otherwise."""
+    return "cupy" if (device or "").startswith("cuda") else "numpy"
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -283,6 +293,28 @@ def synchronize(backend: Backend, *arrays) -> None:
         import jax
 
         jax.block_until_ready(arrays)
+
+
+@contextlib.contextmanager
+def limit_blas_threads(backend: Backend, threads: int = 1):
+    """While the block runs: ``threads`` BLAS threads per calling thread (NumPy's OpenBLAS and
+    similar, via threadpoolctl) and, on PyTorch, ``threads`` intra-op threads
+    (``torch.set_num_threads``).  For executors that run several steps' shares on threads of their
+    own, so that their threads and BLAS's do not fight over the cores."""
+    from threadpoolctl import threadpool_limits
+
+    torch_threads = None
+    if backend.name == "torch":
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            yield
+    finally:
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
 
 
 def available(specs=BACKENDS) -> list[str]:

@@ -8,29 +8,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import signal
 import sys
-import time
-
-import numpy as np
 
 from . import data as datasets
 from . import parity as parity_mod
-from .backend import BACKENDS, BackendError, DTYPES, parse_spec, resolve
+from .backend import BACKENDS, BackendError, DTYPES, default_backend_name, parse_spec, resolve
 from .checkpoint import CheckpointError
 from .files import check_writable_dir, write_json
-from .hostmem import keep_freed_memory
-from .training import PRESETS, Config, Diverged, Interrupted, Trainer, confusion_matrix
+from .training import (PRESETS, ConfigError, Diverged, Interrupted, ProgressBar, ResumeMismatch, Trainer,
+                       make_executor, resume_config, standard_extensions)
+from .training.hostmem import keep_freed_memory
+from .training.snapshot import read as read_checkpoint
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DIVERGED, EXIT_IO = 0, 1, 2, 3, 4
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train xpcnn's CNN on MNIST on any array backend, or compare backends for parity.",
         epilog="examples:\n"
                "  python scripts/train.py                                   # embedded MNIST, NumPy, CPU\n"
@@ -72,21 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run each batch as pieces of at most N images, gradients summed (the same step up to "
                         "float rounding; faster on a CPU once a batch's arrays outgrow the cache, "
                         "docs/performance.md; default: whole batches)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     return p
 
 
+CONFIG_FLAGS = ("task", "epochs", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "seed", "init", "dtype")
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
 def _check_args(p: argparse.ArgumentParser, args) -> None:
-    if args.epochs is not None and args.epochs < 1:
-        p.error(f"--epochs must be >= 1, got {args.epochs}")
-    if args.batch_size is not None and args.batch_size < 1:
-        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
-        p.error(f"--lr must be a positive number, got {args.lr}")
-    if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
-        p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
-    if args.momentum is not None and not 0 <= args.momentum < 1:
-        p.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    """Checks of flags that are not configuration values (those are the Config's to check)."""
     for name in ("rtol", "atol"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -95,7 +91,7 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if args.chunk is not None and args.chunk < 1:
         p.error(f"--chunk must be >= 1, got {args.chunk}")
-    if args.threads != 1 and ((args.device or "").startswith("cuda") or args.backend == "cupy"):
+    if args.threads != 1 and (default_backend_name(args.device) == "cupy" or args.backend == "cupy"):
         p.error("--threads splits each batch over CPU cores; drop it for a GPU")
     if args.compare and (args.threads != 1 or args.chunk):
         p.error("--compare runs each backend on whole batches, single-threaded; drop --threads/--chunk")
@@ -113,58 +109,21 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error("--plot needs matplotlib; install the 'plot' extra: pip install 'xpcnn[plot]'")
 
 
-def _config(args, base: Config | None = None) -> Config:
-    config = base or PRESETS[args.preset]
-    overrides = {k: v for k, v in dict(task=args.task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
-                                       optimizer=args.optimizer, momentum=args.momentum, seed=args.seed, init=args.init,
-                                       dtype=args.dtype).items() if v is not None}
-    if base is not None:  # resuming: only the length of the run may change
-        changed = [k for k, v in overrides.items() if k != "epochs" and getattr(base, k) != v]
-        if changed:
-            raise ValueError("--resume continues the checkpoint's run; only --epochs may change, not "
-                             + ", ".join(f"--{k.replace('_', '-')} ({getattr(base, k)} in the checkpoint)" for k in changed))
-        overrides = {k: v for k, v in overrides.items() if k == "epochs"}
-    config = dataclasses.replace(config, **overrides)
-    if config.task == "binary" and config.loss == "softmax_ce":
-        config = dataclasses.replace(config, loss="bce")
-    if config.task == "multiclass" and config.loss != "softmax_ce":
-        config = dataclasses.replace(config, loss="softmax_ce")
-    return config
-
-
-class Progress:
-    """A one-line progress bar per epoch on stderr (only redrawn on a terminal)."""
-
-    def __init__(self, epochs: int, enabled: bool):
-        self.epochs, self.enabled = epochs, enabled and sys.stderr.isatty()
-        self.last = 0.0
-
-    def __call__(self, epoch, step, steps, running_loss):
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.1 and step < steps):
-            return
-        self.last = now
-        filled = int(30 * step / steps)
-        sys.stderr.write(f"\repoch {epoch}/{self.epochs} [{'#' * filled}{'.' * (30 - filled)}] "
-                         f"{step}/{steps} loss {running_loss:.4f}")
-        if step == steps:
-            sys.stderr.write("\r" + " " * 79 + "\r")
-        sys.stderr.flush()
-
-
-def _print_epoch(record, epochs):
-    val = (f"  val loss {record.val_loss:.4f}  val acc {100 * record.val_accuracy:5.2f}%"
-           if record.val_accuracy is not None else "")
-    print(f"epoch {record.epoch:3d}/{epochs}  loss {record.loss:.4f}{val}  "
-          f"{record.images_per_s:8.0f} img/s  {record.seconds:5.1f}s", flush=True)
-
-
-def _format_confusion(matrix: np.ndarray) -> str:
-    classes = matrix.shape[0]
-    lines = ["confusion matrix (rows: true, columns: predicted)",
-             "      " + "".join(f"{c:>6d}" for c in range(classes))]
-    lines += [f"{r:>6d}" + "".join(f"{v:>6d}" for v in matrix[r]) for r in range(classes)]
-    return "\n".join(lines)
+def _config(p: argparse.ArgumentParser, args):
+    """The run's Config: the preset with the flags given, or (``--resume``) the checkpoint's with
+    only ``--epochs`` changed (the library's resume policy)."""
+    overrides = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
+    try:
+        if args.resume:
+            return resume_config(read_checkpoint(args.resume).config, **overrides)
+        return dataclasses.replace(PRESETS[args.preset], **overrides)
+    except ConfigError as exc:
+        p.error(f"{_flag(exc.field)} {exc.problem}")
+    except ResumeMismatch as exc:
+        p.error("--resume continues the checkpoint's run; only --epochs may change, not "
+                + ", ".join(f"{_flag(k)} ({old} in the checkpoint)" for k, (old, _) in exc.changed.items()))
+    except CheckpointError as exc:
+        p.error(f"--resume: {exc}")
 
 
 def _install_signal_handlers(trainer: Trainer) -> dict:
@@ -208,15 +167,14 @@ def run_compare(p, args) -> int:
         args.epochs = parity_mod.COMPARE_EPOCHS
     if args.dtype is None:
         args.dtype = parity_mod.COMPARE_DTYPE
-    config = _config(args)
+    config = _config(p, args)
     dataset = _load_data(p, args.data, "--data")
     print(f"parity: {', '.join(specs)}; preset {config.preset}, {config.dtype}, {config.epochs} epoch(s), "
           f"{len(dataset.train) if config.train_count is None else min(config.train_count, len(dataset.train))} "
           f"training images ({dataset.source})", flush=True)
-    progress = Progress(config.epochs, not args.quiet)
     report = parity_mod.compare(specs, config, dataset.train, rtol=args.rtol, atol=args.atol,
                                 on_backend=lambda spec: print(f"  training on {spec} ...", flush=True),
-                                progress=progress)
+                                extensions=[] if args.quiet else [ProgressBar()])
     print(parity_mod.format_report(report))
     write_json(os.path.join(args.out, "parity.json"), report)
     if args.plot:
@@ -226,58 +184,56 @@ def run_compare(p, args) -> int:
     return EXIT_OK if report["result"] == "PASS" else EXIT_FAIL
 
 
-def main(argv=None) -> int:
-    p = build_parser()
+def _header(trainer: Trainer, dataset, resumed: bool) -> str:
+    config, executor = trainer.config, trainer.executor.describe()
+    used = min(config.train_count or len(dataset.train), len(dataset.train))
+    return (f"xpcnn: preset {config.preset}, task {config.task}, {trainer.backend.label}, {config.dtype}; "
+            f"{used} training / {len(dataset.validation) if dataset.validation else 0} validation images "
+            f"({dataset.source}); {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr}"
+            + (f" (x{config.lr_decay:g} per epoch)" if config.lr_decay != 1 else "")
+            + (f"; {executor}" if executor else "")
+            + (f"; resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}" if resumed else ""))
+
+
+def train_main(argv=None, prog: str = "train.py") -> int:
+    """``train.py`` / ``xpcnn train``: parse -> Config -> Trainer + extensions -> exit status."""
+    p = build_parser(prog)
     args = p.parse_args(argv)
     _check_args(p, args)
-    keep_freed_memory()  # the next step reuses this step's memory (xpcnn.hostmem)
+    keep_freed_memory()  # the next step reuses this step's memory (xpcnn.training.hostmem)
     if args.compare:
         return run_compare(p, args)
-
-    backend_name = args.backend or ("cupy" if (args.device or "").startswith("cuda") else "numpy")
+    config = _config(p, args)
     try:
-        backend = resolve(backend_name, args.device)
+        backend = resolve(args.backend or default_backend_name(args.device), args.device)
     except BackendError as exc:
         return _one_line_error(p, str(exc))
-    base = None
-    if args.resume:
-        try:
-            from .training import config_from_checkpoint
-            base = config_from_checkpoint(args.resume)
-        except CheckpointError as exc:
-            p.error(f"--resume: {exc}")
-    try:
-        config = _config(args, base)
-    except ValueError as exc:
-        p.error(str(exc))
     dataset = _load_data(p, args.data, "--data")
     if len(dataset.train) == 0:
         p.error(f"--data: {dataset.source} has no training images (train-images-idx3-ubyte is missing)")
     evaluation = _load_data(p, args.eval_data, "--eval-data") if args.eval_data else None
     if evaluation is not None and evaluation.test is None:
         p.error(f"--eval-data: {args.eval_data} has no test split")
+    final = evaluation.test if evaluation is not None else dataset.validation
+    extensions = standard_extensions(
+        out=args.out, test=final, test_label=f"test ({args.eval_data})" if evaluation is not None else "validation",
+        source=dataset.source, verbose=True, progress=not args.quiet,
+        plot_image=(final or dataset.train).images[0] if args.plot else None)
+    with Trainer(config, backend, executor=make_executor(args.threads, args.chunk), extensions=extensions) as trainer:
+        if args.resume:
+            try:
+                trainer.resume(args.resume)
+            except CheckpointError as exc:
+                p.error(f"--resume: {exc}")
+        return _train(trainer, dataset, args)
 
-    trainer = Trainer(config, backend, threads=args.threads, chunk=args.chunk)
-    if args.resume:
-        try:
-            trainer.resume(args.resume)
-        except CheckpointError as exc:
-            p.error(f"--resume: {exc}")
+
+def _train(trainer: Trainer, dataset, args) -> int:
     checkpoint_path = os.path.join(args.out, "checkpoint.npz")
-    used = min(config.train_count or len(dataset.train), len(dataset.train))
-    print(f"xpcnn: preset {config.preset}, task {config.task}, {backend.label}, {config.dtype}; "
-          f"{used} training / {len(dataset.validation) if dataset.validation else 0} validation images "
-          f"({dataset.source}); {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr}"
-          + (f" (x{config.lr_decay:g} per epoch)" if config.lr_decay != 1 else "")
-          + (f"; {args.threads} threads per batch" if args.threads != 1 else "")
-          + (f"; pieces of at most {args.chunk} images" if args.chunk else "")
-          + (f"; resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}" if args.resume else ""),
-          flush=True)
+    print(_header(trainer, dataset, bool(args.resume)), flush=True)
     caught = _install_signal_handlers(trainer)
-    started = time.perf_counter()
     try:
-        trainer.fit(dataset.train, dataset.validation, progress=Progress(config.epochs, not args.quiet),
-                    on_epoch=lambda r: _print_epoch(r, config.epochs), checkpoint_path=checkpoint_path)
+        trainer.fit(dataset.train, dataset.validation)
     except Diverged as exc:
         last = f"; the last good checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else ""
         print(f"error: {exc}{last}", file=sys.stderr)
@@ -290,28 +246,25 @@ def main(argv=None) -> int:
     except (OSError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IO
-    seconds = time.perf_counter() - started
-
-    metrics = {"config": dataclasses.asdict(config), "backend": backend.label, "data": dataset.source,
-               "train_seconds": seconds, "history": trainer.state.history, "step_losses": trainer.state.step_losses}
-    final = evaluation.test if evaluation is not None else dataset.validation
-    if final is not None and len(final):
-        label = f"test ({args.eval_data})" if evaluation is not None else "validation"
-        loss, accuracy, predicted = trainer.evaluate(final, predictions=True)
-        truth = datasets.task_targets(final.labels, config.task).reshape(len(final), -1)[:, 0].astype(np.int64)
-        matrix = confusion_matrix(truth, predicted, 2 if config.task == "binary" else 10)
-        print(f"final {label} accuracy {100 * accuracy:.2f}% (loss {loss:.4f}, {len(final)} images)")
-        print(_format_confusion(matrix))
-        metrics["final"] = {"split": label, "accuracy": accuracy, "loss": loss, "images": len(final),
-                            "confusion_matrix": matrix.tolist()}
-    write_json(os.path.join(args.out, "metrics.json"), metrics)
-    if args.plot:
-        from .plots import plot_run
-        digit = (final or dataset.train).images[0]
-        for path in plot_run(trainer, metrics, digit, args.out):
-            print(f"wrote {path}")
-    print(f"wrote {os.path.join(args.out, 'metrics.json')} and {checkpoint_path} ({seconds:.1f}s training)")
+    print(f"wrote {os.path.join(args.out, 'metrics.json')} and {checkpoint_path} "
+          f"({trainer.results['train_seconds']:.1f}s training)")
     return EXIT_OK
+
+
+COMMANDS = {"train": train_main}
+
+
+def main(argv=None) -> int:
+    """The ``xpcnn`` console command: ``xpcnn train ...`` (``xpcnn train --help``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(f"usage: xpcnn {{{','.join(COMMANDS)}}} ...\n\n  train    train a network, compare backends, resume "
+              "(xpcnn train --help)", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"xpcnn: error: unknown command {argv[0]!r}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK if argv else EXIT_USAGE
+    return COMMANDS[argv[0]](argv[1:], prog=f"xpcnn {argv[0]}")
 
 
 if __name__ == "__main__":

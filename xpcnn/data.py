@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from .backend import Backend, from_numpy
 from .files import atomic_write
@@ -248,16 +249,6 @@ def _verified(path: str, sums: tuple[str, str | None]) -> bool:
         return _matches(handle.read(), sums)
 
 
-def _progress(name: str, done: int, total: int | None, stream) -> None:
-    if total:
-        filled = int(30 * done / total)
-        stream.write(f"\r{name} [{'#' * filled}{'.' * (30 - filled)}] {100 * done / total:5.1f}% "
-                     f"{done / 1e6:.1f}/{total / 1e6:.1f} MB")
-    else:
-        stream.write(f"\r{name} {done / 1e6:.1f} MB")
-    stream.flush()
-
-
 def download(directory: str | None = None, mirrors=MIRRORS, checksums=None, progress: bool = True,
              timeout: float = 30.0) -> str:
     """Fetch the four MNIST files into ``directory`` (default: ``$XPCNN_DATA`` or
@@ -266,7 +257,6 @@ def download(directory: str | None = None, mirrors=MIRRORS, checksums=None, prog
     directory = directory or cache_dir()
     checksums = checksums or DOWNLOAD_SHA256
     os.makedirs(directory, exist_ok=True)
-    stream = sys.stderr
     for name, sums in checksums.items():
         target = os.path.join(directory, name)
         if os.path.isfile(target) and _verified(target, sums):
@@ -278,13 +268,12 @@ def download(directory: str | None = None, mirrors=MIRRORS, checksums=None, prog
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     total = int(response.headers.get("Content-Length") or 0) or None
-                    while chunk := response.read(1 << 16):
-                        chunks.append(chunk)
-                        done += len(chunk)
-                        if progress:
-                            _progress(name, done, total, stream)
-                if progress and done:
-                    stream.write("\n")
+                    with tqdm(total=total, desc=name, unit="B", unit_scale=True, file=sys.stderr,
+                              disable=not progress, leave=False) as bar:
+                        while chunk := response.read(1 << 16):
+                            chunks.append(chunk)
+                            done += len(chunk)
+                            bar.update(len(chunk))
                 packed = b"".join(chunks)
                 if total is not None and done != total:
                     raise DataError(f"received {done} of {total} bytes")
@@ -335,11 +324,6 @@ def task_targets(labels: np.ndarray, task: str) -> np.ndarray:
     if task == "multiclass":
         return labels.astype(np.int64)
     raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-
-
-def article_split(train: Split, count: int = 200) -> Split:
-    """The article's data: the first ``count`` training images."""
-    return train.take(count)
 
 
 def to_batch(images: np.ndarray, backend: Backend, dtype: str):

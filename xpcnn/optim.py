@@ -10,6 +10,8 @@ from .backend import namespace, to_numpy, transfer, backend_of
 
 
 class Optimizer:
+    SLOTS: tuple = ()  # the names of the per-parameter state arrays
+
     def __init__(self, lr: float):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"{type(self).__name__}: learning rate must be a positive number, got {lr!r}")
@@ -46,6 +48,12 @@ class Optimizer:
             name, _, slot = key.partition("/")
             if name not in params:
                 raise ValueError(f"optimizer state names parameter {name!r}, which the model does not have")
+            if slot not in self.SLOTS:
+                raise ValueError(f"optimizer state {key!r}: {type(self).__name__} has no slot {slot!r} "
+                                 f"(its slots: {', '.join(self.SLOTS) or 'none'})")
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise ValueError(f"optimizer state {key!r} has shape {tuple(value.shape)}, the parameter "
+                                 f"{tuple(params[name].shape)}")
             state.setdefault(name, {})[slot] = transfer(value, backend_of(params[name]))
         self.state = state
         self.steps = int(flat.get("steps", 0))
@@ -54,6 +62,8 @@ class Optimizer:
 class SGD(Optimizer):
     """The article's rule, new = old - lr * grad; with ``momentum`` m > 0:
     v = m v + grad, new = old - lr * v (PyTorch's convention)."""
+
+    SLOTS = ("velocity",)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0):
         super().__init__(lr)
@@ -74,6 +84,8 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2,
     new = old - lr * m_hat / (sqrt(v_hat) + eps) with bias-corrected m_hat, v_hat."""
 
+    SLOTS = ("m", "v")
+
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
         super().__init__(lr)
         self.beta1, self.beta2 = map(float, betas)
@@ -89,5 +101,3 @@ class Adam(Optimizer):
         v_hat = v / (1 - self.beta2 ** self.steps)
         return param - self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
 
-
-OPTIMIZERS = {"sgd": SGD, "momentum": SGD, "adam": Adam}

@@ -31,10 +31,11 @@ COMPARE_EPOCHS = 1
 
 
 def compare(specs: list[str], config: Config, train: Split, rtol: float | None = None, atol: float | None = None,
-            on_backend=None, progress=None) -> dict:
+            on_backend=None, extensions=(), executor=None) -> dict:
     """Train ``config`` on each backend spec (``'numpy'``, ``'torch:cuda'``,
     ``'array_api_strict:device1'`` ...) and return the parity report (a dict, JSON-ready).
-    ``on_backend(spec)`` is called before each run; ``progress`` is passed to ``Trainer.fit``."""
+    ``on_backend(spec)`` is called before each run; ``extensions`` (a progress bar, say) join each
+    run; ``executor(backend)``, when given, makes each run's step executor (default: the plain step)."""
     if len(specs) < 2:
         raise ValueError("parity needs at least two backends, e.g. numpy,torch")
     tolerance = dict(DEFAULT_TOLERANCES[config.dtype])
@@ -47,12 +48,13 @@ def compare(specs: list[str], config: Config, train: Split, rtol: float | None =
     for spec, backend in zip(specs, backends):
         if on_backend:
             on_backend(spec)
-        trainer = Trainer(config, backend, build_model(config))
-        started = time.perf_counter()
-        trainer.fit(train, progress=progress)
-        runs.append({"backend": backend.label, "seconds": time.perf_counter() - started,
-                     "epoch_losses": [h["loss"] for h in trainer.state.history],
-                     "step_losses": trainer.state.step_losses, "state": trainer.model.state_dict()})
+        with Trainer(config, backend, build_model(config), extensions=extensions,
+                     executor=executor(backend) if executor else None) as trainer:
+            started = time.perf_counter()
+            trainer.fit(train)
+            runs.append({"backend": backend.label, "seconds": time.perf_counter() - started,
+                         "epoch_losses": [h["loss"] for h in trainer.state.history],
+                         "step_losses": trainer.state.step_losses, "state": trainer.model.state_dict()})
     return _report(runs, config, tolerance)
 
 

@@ -1,4 +1,5 @@
-"""xpcnn.parallel: a batch cut into shares (chunks, threads) gives the whole-batch step."""
+"""xpcnn.training.executors: the step-executor contract; a batch cut into shares (chunks, threads)
+gives the whole-batch step; the Trainer closes what an executor owns."""
 
 import dataclasses
 
@@ -10,8 +11,9 @@ from xpcnn.backend import to_numpy
 from xpcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
 from xpcnn.losses import MSELoss, SoftmaxCrossEntropyLoss
 from xpcnn.model import Sequential
-from xpcnn.parallel import SplitStep, single_threaded_blas
-from xpcnn.training import PRESETS, Trainer
+from xpcnn.backend import limit_blas_threads
+from xpcnn.optim import SGD
+from xpcnn.training import PRESETS, SplitStep, StepExecutor, Trainer, WholeBatchStep, make_executor
 
 
 def network(backend):
@@ -32,9 +34,10 @@ def test_split_gradients_equal_the_whole_batch(backend, threads, chunk, batch):
     loss_fn = SoftmaxCrossEntropyLoss()
     loss = loss_fn(whole(x), labels)
     whole.backward(loss_fn.backward(), input_grad=False)
-    step = SplitStep(split, SoftmaxCrossEntropyLoss(), threads, chunk)
+    step = SplitStep(threads, chunk)
+    step.bind(split, SoftmaxCrossEntropyLoss(), SGD(0.1), backend, "float64")
     try:
-        split_loss = step(x, labels)
+        split_loss = step.gradients(x, labels)
     finally:
         step.close()
     assert float(to_numpy(split_loss)) == pytest.approx(float(to_numpy(loss)), rel=1e-13)
@@ -60,8 +63,9 @@ def test_split_step_with_float_targets(cpu_backend):
     loss_fn = MSELoss()
     loss_fn(whole(x), y)
     whole.backward(loss_fn.backward(), input_grad=False)
-    step = SplitStep(split, MSELoss(), 2, chunk=2)
-    step(x, y)
+    step = SplitStep(2, chunk=2)
+    step.bind(split, MSELoss(), SGD(0.1), cpu_backend, "float64")
+    step.gradients(x, y)
     step.close()
     for (name, got), (_, expected) in zip(split.named_gradients(), whole.named_gradients()):
         np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-11, atol=1e-15,
@@ -74,13 +78,13 @@ def test_trainer_with_shares_follows_the_whole_batch_run(cpu_backend, preset, th
     dataset = data.load_embedded()
     config = dataclasses.replace(PRESETS[preset], dtype="float64", epochs=1, train_count=None, batch_size=50)
     train = dataset.train.take(300)
-    single = Trainer(config, cpu_backend)
-    single.fit(train)
+    with Trainer(config, cpu_backend) as single:
+        single.fit(train)
     runs = []
     for _ in range(2):
-        threaded = Trainer(config, cpu_backend, threads=threads, chunk=chunk)
-        threaded.fit(train)
-        runs.append(threaded.model.state_dict())
+        with Trainer(config, cpu_backend, threads=threads, chunk=chunk) as threaded:
+            threaded.fit(train)
+            runs.append(threaded.model.state_dict())
     reference = single.model.state_dict()
     for name in reference:
         np.testing.assert_allclose(runs[0][name], reference[name], rtol=1e-10, atol=1e-13, err_msg=name)
@@ -91,17 +95,70 @@ def test_trainer_with_shares_follows_the_whole_batch_run(cpu_backend, preset, th
                                                    (2, 0, "chunk must be an integer >= 1, got 0"),
                                                    (2.0, None, "threads must be an integer >= 1, got 2.0"),
                                                    (1, None, "give threads >= 2 or a chunk size")])
-def test_split_step_rejects_bad_counts(cpu_backend, threads, chunk, message):
+def test_split_step_rejects_bad_counts(threads, chunk, message):
     with pytest.raises(ValueError, match=message):
-        SplitStep(network(cpu_backend), SoftmaxCrossEntropyLoss(), threads, chunk)
+        SplitStep(threads, chunk)
 
 
-def test_single_threaded_blas_restores_the_limits(cpu_backend):
+def test_limit_blas_threads_restores_the_limits(cpu_backend):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [(info["internal_api"], info["num_threads"]) for info in threadpoolctl.threadpool_info()
               if info["user_api"] == "blas"]
-    with single_threaded_blas(cpu_backend):
+    with limit_blas_threads(cpu_backend, 1):
         assert all(info["num_threads"] == 1 for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas")
     after = [(info["internal_api"], info["num_threads"]) for info in threadpoolctl.threadpool_info()
              if info["user_api"] == "blas"]
     assert after == before
+
+
+def test_make_executor_picks_the_plain_step_unless_asked_to_split():
+    assert type(make_executor()) is WholeBatchStep
+    assert type(make_executor(threads=2)) is SplitStep and make_executor(threads=2).describe() == "2 threads per batch"
+    assert make_executor(chunk=8).describe() == "pieces of at most 8 images"
+
+
+class CountingStep(WholeBatchStep):
+    """A custom executor plugged into the Trainer: counts its calls and records its closing."""
+
+    def __init__(self):
+        self.calls, self.closed, self.running_entered = 0, 0, 0
+
+    def running(self):
+        self.running_entered += 1
+        return super().running()
+
+    def step(self, batch):
+        self.calls += 1
+        return super().step(batch)
+
+    def close(self):
+        self.closed += 1
+
+
+def test_a_custom_executor_plugs_into_the_loop_and_the_trainer_closes_it(cpu_backend):
+    """The contract from the module docstring: bind once, running() around fit, step per batch,
+    close at the end; the result is the plain step's, bit for bit."""
+    config = dataclasses.replace(PRESETS["default"], dtype="float64", epochs=2, batch_size=50)
+    train = data.load_embedded().train.take(200)
+    executor = CountingStep()
+    with Trainer(config, cpu_backend, executor=executor) as custom:
+        custom.fit(train)
+    assert executor.calls == 8 and executor.running_entered == 1 and executor.closed == 1
+    with Trainer(config, cpu_backend) as plain:
+        plain.fit(train)
+    for name, value in plain.model.state_dict().items():
+        np.testing.assert_array_equal(custom.model.state_dict()[name], value)
+
+
+def test_split_step_pool_is_closed_by_the_trainer(cpu_backend):
+    config = dataclasses.replace(PRESETS["default"], dtype="float64", epochs=1, batch_size=50)
+    with Trainer(config, cpu_backend, threads=2) as trainer:
+        trainer.fit(data.load_embedded().train.take(100))
+        pool = trainer.executor.pool
+        assert pool is not None
+    assert trainer.executor.pool is None and pool._shutdown
+
+
+def test_the_base_executor_has_no_step():
+    with pytest.raises(NotImplementedError):
+        StepExecutor().step(None)

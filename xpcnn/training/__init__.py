@@ -1,0 +1,38 @@
+"""Training: configuration and presets, the Trainer (a loop that only loops), step executors
+(how a step runs) and extensions (everything else the loop does).
+
+=====================  ==========================================================================
+module                 what it holds
+=====================  ==========================================================================
+``config``             :class:`Config` (checked fields, the task -> loss rule), ``PRESETS``,
+                       the resume policy (:func:`resume_config`)
+``builders``           the run's model, loss and optimizer from its Config
+``trainer``            :class:`Trainer`: the loop, evaluation, save and resume
+``executors``          the step-executor contract; :class:`WholeBatchStep`, :class:`SplitStep`
+``extensions``         the extension protocol; schedule, divergence check, evaluator, progress
+                       bar, printed and JSON-lines logs, checkpoints, metrics, plots, early stop
+``snapshot``           the checkpoint record, and the check of every field when it is read
+``augment``            random shifts drawn from (seed, epoch, step)
+``metrics``            confusion matrix and the final evaluation's result
+``hostmem``            keep freed host memory for the next step (entry points only)
+=====================  ==========================================================================
+"""
+
+from .augment import random_shift
+from .builders import build_loss, build_model, build_optimizer
+from .config import PRESETS, TASKS, Config, ConfigError, ResumeMismatch, resume_config
+from .executors import SplitStep, StepExecutor, WholeBatchStep, make_executor
+from .extensions import (Checkpointer, Diverged, DivergenceCheck, EarlyStopping, Evaluator, ExponentialDecay,
+                         Extension, FinalEvaluation, Lambda, LogReport, MetricsWriter, PlotReport, PrintReport,
+                         ProgressBar, standard_extensions)
+from .metrics import Evaluation, confusion_matrix
+from .trainer import Interrupted, Trainer, TrainState, config_from_checkpoint
+
+__all__ = [
+    "random_shift", "build_loss", "build_model", "build_optimizer", "PRESETS", "TASKS", "Config", "ConfigError",
+    "ResumeMismatch", "resume_config", "SplitStep", "StepExecutor", "WholeBatchStep", "make_executor",
+    "Checkpointer", "Diverged", "DivergenceCheck", "EarlyStopping", "Evaluator", "ExponentialDecay", "Extension",
+    "FinalEvaluation", "Lambda", "LogReport", "MetricsWriter", "PlotReport", "PrintReport", "ProgressBar",
+    "standard_extensions", "Evaluation", "confusion_matrix", "Interrupted", "Trainer", "TrainState",
+    "config_from_checkpoint",
+]

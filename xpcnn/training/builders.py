@@ -1,0 +1,24 @@
+"""A run's model, loss and optimizer, built from its :class:`~xpcnn.training.Config`."""
+
+from __future__ import annotations
+
+from ..losses import LOSSES
+from ..model import Sequential
+from ..networks import preset_network
+from ..optim import SGD, Adam
+from .config import Config
+
+
+def build_model(config: Config) -> Sequential:
+    """The preset's architecture for the config's task, initialised on the host from ``config.seed``."""
+    return preset_network(config.preset, config.outputs, config.init, config.seed)
+
+
+def build_loss(config: Config):
+    return LOSSES[config.loss]()
+
+
+def build_optimizer(config: Config):
+    if config.optimizer == "adam":
+        return Adam(config.lr)
+    return SGD(config.lr, momentum=config.momentum if config.optimizer == "momentum" else 0.0)

@@ -1,0 +1,156 @@
+"""The configuration of a run: every value that defines it (and is stored in its checkpoints),
+checked when it is made, the named presets, the task -> loss rule and the resume policy.
+
+The task decides the loss: ``multiclass`` trains ten logits with softmax cross-entropy (no other
+loss fits); ``binary`` trains one sigmoid output with binary cross-entropy, or with the article's
+½ squared error when ``loss="mse"`` is asked for.  :class:`Config` applies that rule itself, so
+``Config(task="binary")`` from Python trains exactly what ``train.py --task binary`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from ..backend import DTYPES
+from ..data import TASKS
+from ..init import INITIALISERS
+from ..losses import LOSSES
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+PRESET_NAMES = ("default", "article")
+
+
+class ConfigError(ValueError):
+    """A configuration value out of its range; ``field`` names it, ``problem`` says what is wrong
+    (the message is ``"<field> <problem>"``, e.g. ``"lr must be a positive number, got -1"``)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+def _integer(name, value, minimum, maximum=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(name, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, f"must be <= {maximum}, got {value}")
+
+
+def _number(name, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    return float(value)
+
+
+def _choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+@dataclass
+class Config:
+    """Everything that defines a run.  Each field is checked on construction (a
+    :class:`ConfigError` names the first bad one), and ``loss`` follows the task (module doc)."""
+
+    preset: str = "default"
+    task: str = "multiclass"
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "momentum"  # sgd | momentum | adam
+    momentum: float = 0.9
+    loss: str = "softmax_ce"
+    init: str = "he"
+    seed: int = 0
+    dtype: str = "float32"
+    train_count: int | None = None  # use only the first N training images (the article: 200)
+    shift: int = 2  # augmentation: random translation of each training image by up to this many pixels
+    lr_decay: float = 0.8  # the learning rate of epoch e (from 0) is lr * lr_decay ** e
+
+    def __post_init__(self):
+        _choice("preset", self.preset, PRESET_NAMES)
+        _choice("task", self.task, TASKS)
+        _integer("epochs", self.epochs, 1)
+        _integer("batch_size", self.batch_size, 1)
+        self.lr = _number("lr", self.lr)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError("lr", f"must be a positive number, got {self.lr}")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.momentum = _number("momentum", self.momentum)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum}")
+        _choice("loss", self.loss, tuple(LOSSES))
+        _choice("init", self.init, INITIALISERS)
+        _integer("seed", self.seed, 0, 2 ** 63 - 2)
+        _choice("dtype", self.dtype, DTYPES)
+        if self.train_count is not None:
+            _integer("train_count", self.train_count, 1)
+        _integer("shift", self.shift, 0, 16)
+        self.lr_decay = _number("lr_decay", self.lr_decay)
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError("lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        # The task -> loss rule: ten logits take softmax cross-entropy, one sigmoid output BCE or MSE.
+        if self.task == "multiclass":
+            self.loss = "softmax_ce"
+        elif self.loss == "softmax_ce":
+            self.loss = "bce"
+
+    @property
+    def outputs(self) -> int:
+        """Width of the network's last layer: one sigmoid output (binary) or ten logits."""
+        return 1 if self.task == "binary" else 10
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (from 0): lr * lr_decay ** epoch."""
+        return self.lr * self.lr_decay ** epoch
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        """A Config from a stored dict (a checkpoint's record): unknown or missing keys and bad
+        values raise :class:`ConfigError` naming the key."""
+        if not isinstance(values, dict):
+            raise ConfigError("config", f"must be a mapping, got {type(values).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                raise ConfigError(str(key), "is not a configuration field")
+        for name in names:
+            if name not in values:
+                raise ConfigError(name, "is missing")
+        return cls(**values)
+
+
+PRESETS = {
+    # conv 5x5 x16, ReLU, 2x2 max-pool, dense 2304 -> 10, softmax cross-entropy, SGD + momentum
+    "default": Config(),
+    # The article's network exactly: first 200 images, digit > 4, three 5x5 filters, sigmoid,
+    # dense 1728 -> 1, sigmoid, 1/2 squared error, plain gradient descent, U[0, 1) initialisation.
+    "article": Config(preset="article", task="binary", epochs=20, batch_size=200, lr=0.1, optimizer="sgd",
+                      momentum=0.0, loss="mse", init="uniform", train_count=200, shift=0, lr_decay=1.0),
+}
+
+
+class ResumeMismatch(ValueError):
+    """Resuming with settings that differ from the checkpoint's run (other than ``epochs``);
+    ``changed`` maps each field to (checkpoint's value, value asked for)."""
+
+    def __init__(self, changed: dict):
+        self.changed = changed
+        super().__init__("a resumed run continues the checkpoint's run; only epochs may change, not "
+                         + ", ".join(f"{k} ({old!r} in the checkpoint, {new!r} asked for)"
+                                     for k, (old, new) in changed.items()))
+
+
+def resume_config(saved: Config, **overrides) -> Config:
+    """The resume policy: the checkpoint's configuration, with ``epochs`` (only) changed.  Any
+    other override that differs from the saved value raises :class:`ResumeMismatch`."""
+    changed = {k: (getattr(saved, k), v) for k, v in overrides.items()
+               if k != "epochs" and v is not None and getattr(saved, k) != v}
+    if changed:
+        raise ResumeMismatch(changed)
+    epochs = overrides.get("epochs")
+    return dataclasses.replace(saved, epochs=epochs) if epochs is not None else saved

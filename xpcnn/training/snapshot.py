@@ -1,0 +1,215 @@
+"""A training run's checkpoint record: what :meth:`Trainer.save` writes beside the parameters and
+optimizer state, and the check of every field when it is read back.
+
+The file is untrusted input (it may have been edited, damaged or made by another program):
+:func:`read` checks every field of the meta record -- types, ranges, known preset, layer and
+optimizer names, the random generator's kind and state, the step within the epoch, the history's
+shape -- and the arrays against the architecture, before the caller changes anything.  Every
+failure is a :class:`~xpcnn.checkpoint.CheckpointError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import checkpoint as ckpt
+from ..backend import DTYPES
+from ..model import Sequential
+from .builders import build_model
+from .config import Config, ConfigError
+
+HISTORY_KEYS = ("epoch", "loss", "val_loss", "val_accuracy", "images_per_s", "seconds")
+OPTIMIZER_SLOTS = {"sgd": (), "momentum": ("velocity",), "adam": ("m", "v")}
+
+
+@dataclass
+class Snapshot:
+    """A checked checkpoint: the run's configuration and where it stood."""
+
+    config: Config
+    architecture: list
+    model_state: dict
+    optimizer_state: dict
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    rng_state: dict
+    epoch_rng_state: dict | None
+    history: list
+    step_losses: list
+    train_size: int | None
+
+
+def meta_record(trainer) -> dict:
+    state = trainer.state
+    return {
+        "config": trainer.config.__dict__.copy(),
+        "architecture": trainer.model.config(),
+        "dtype": trainer.config.dtype,
+        "backend": trainer.backend.label,
+        "epoch": state.epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "global_step": state.global_step,
+        "rng_state": trainer.rng.bit_generator.state,
+        "epoch_rng_state": state.epoch_rng_state,
+        "history": state.history,
+        "step_losses": state.step_losses,
+        "train_size": state.train_size,
+    }
+
+
+class _Fields:
+    """Field checks that raise CheckpointError('<path>: <field> ...')."""
+
+    def __init__(self, path, meta: dict):
+        self.path, self.meta = path, meta
+
+    def fail(self, field: str, problem: str):
+        raise ckpt.CheckpointError(f"{self.path}: {field} {problem}")
+
+    def get(self, field: str):
+        if field not in self.meta:
+            self.fail(field, "is missing")
+        return self.meta[field]
+
+    def integer(self, field: str, value, minimum: int = 0, maximum: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(field, f"must be an integer, got {value!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            self.fail(field, f"must lie in [{minimum}, {maximum if maximum is not None else 'inf'}], got {value}")
+        return value
+
+    def number(self, field: str, value, finite: bool = True, minimum: float | None = None,
+               maximum: float | None = None, optional: bool = False):
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(field, f"must be a number, got {value!r}")
+        if finite and not math.isfinite(value):
+            self.fail(field, f"must be finite, got {value}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            self.fail(field, f"must lie in [{minimum}, {maximum}], got {value}")
+        return float(value)
+
+    def rng_state(self, field: str, value) -> dict:
+        if not isinstance(value, dict) or value.get("bit_generator") != "PCG64":
+            self.fail(field, f"must be the state of a PCG64 generator, got {_short(value)}")
+        inner = value.get("state")
+        if (not isinstance(inner, dict) or set(inner) != {"state", "inc"}
+                or not all(isinstance(inner[k], int) and not isinstance(inner[k], bool) and 0 <= inner[k] < 2 ** 128
+                           for k in inner) or inner["inc"] % 2 != 1):
+            self.fail(field, "holds no valid PCG64 state (state and odd inc, integers below 2**128)")
+        if set(value) != {"bit_generator", "state", "has_uint32", "uinteger"}:
+            self.fail(field, f"has keys {sorted(value)}, expected bit_generator, state, has_uint32, uinteger")
+        self.integer(f"{field}.has_uint32", value["has_uint32"], 0, 1)
+        self.integer(f"{field}.uinteger", value["uinteger"], 0, 2 ** 32 - 1)
+        try:
+            np.random.default_rng().bit_generator.state = value
+        except (TypeError, ValueError) as exc:
+            self.fail(field, f"is refused by NumPy ({exc})")
+        return value
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read(path) -> Snapshot:
+    """Read and check a training checkpoint (module docstring)."""
+    model_state, optimizer_state, meta = ckpt.load(path)
+    f = _Fields(path, meta)
+    try:
+        config = Config.from_dict(f.get("config"))
+    except ConfigError as exc:
+        f.fail(f"config.{exc.field}", exc.problem)
+    except TypeError as exc:  # a config that is not a mapping of names
+        f.fail("config", f"is malformed ({exc})")
+    dtype = f.get("dtype")
+    if dtype not in DTYPES or dtype != config.dtype:
+        f.fail("dtype", f"must be the config's dtype {config.dtype!r}, got {_short(dtype)}")
+    if not isinstance(f.get("backend"), str):
+        f.fail("backend", f"must be a backend label, got {_short(meta['backend'])}")
+    architecture = f.get("architecture")
+    expected = json.loads(json.dumps(build_model(config).config()))  # tuples -> lists, as stored
+    if architecture != expected:
+        f.fail("architecture", f"{layer_names(architecture)} is not preset {config.preset!r}'s network for task "
+                               f"{config.task!r} ({layer_names(expected)})")
+    model = Sequential.from_config(architecture).to("numpy", dtype=dtype)
+    try:
+        model.load_state_dict(model_state)
+    except ValueError as exc:
+        f.fail("parameters", f"do not fit the architecture ({exc})")
+
+    epoch = f.integer("epoch", f.get("epoch"), 0, config.epochs)
+    step_in_epoch = f.integer("step_in_epoch", f.get("step_in_epoch"), 0)
+    if epoch == config.epochs and step_in_epoch:
+        f.fail("step_in_epoch", f"must be 0 once all {config.epochs} epochs are done, got {step_in_epoch}")
+    global_step = f.integer("global_step", f.get("global_step"), step_in_epoch)
+    train_size = meta.get("train_size")  # absent from round-1 checkpoints
+    if train_size is not None:
+        f.integer("train_size", train_size, 1)
+        per_epoch = -(-min(train_size, config.train_count or train_size) // config.batch_size)
+        if step_in_epoch >= per_epoch:
+            f.fail("step_in_epoch", f"must be below the {per_epoch} steps of an epoch, got {step_in_epoch}")
+        if global_step != epoch * per_epoch + step_in_epoch:
+            f.fail("global_step", f"must be {epoch * per_epoch + step_in_epoch} ({epoch} epochs of {per_epoch} "
+                                  f"steps + {step_in_epoch}), got {global_step}")
+    if optimizer_state["steps"] != global_step:
+        f.fail("optimizer_steps", f"must equal global_step {global_step}, got {optimizer_state['steps']}")
+    rng_state = f.rng_state("rng_state", f.get("rng_state"))
+    epoch_rng_state = f.get("epoch_rng_state")
+    if epoch_rng_state is not None:
+        f.rng_state("epoch_rng_state", epoch_rng_state)
+    elif step_in_epoch:
+        f.fail("epoch_rng_state", "is needed to resume in the middle of an epoch, got null")
+
+    history = f.get("history")
+    if not isinstance(history, list) or len(history) != epoch:
+        f.fail("history", f"must list one record per completed epoch ({epoch}), got {_short(history)}")
+    for index, entry in enumerate(history):
+        where = f"history[{index}]"
+        if not isinstance(entry, dict) or not set(HISTORY_KEYS) <= set(entry):
+            f.fail(where, f"must be a record with keys {', '.join(HISTORY_KEYS)}, got {_short(entry)}")
+        if entry["epoch"] != index + 1 or isinstance(entry["epoch"], bool):
+            f.fail(f"{where}.epoch", f"must be {index + 1}, got {_short(entry['epoch'])}")
+        f.number(f"{where}.loss", entry["loss"], finite=False)
+        f.number(f"{where}.val_loss", entry["val_loss"], finite=False, optional=True)
+        f.number(f"{where}.val_accuracy", entry["val_accuracy"], minimum=0.0, maximum=1.0, optional=True)
+        f.number(f"{where}.images_per_s", entry["images_per_s"], finite=False, minimum=0.0)
+        f.number(f"{where}.seconds", entry["seconds"], minimum=0.0)
+        for key, value in entry.items():
+            if value is not None and not isinstance(value, (int, float, str)):
+                f.fail(f"{where}.{key}", f"must be a number or a string, got {_short(value)}")
+    step_losses = f.get("step_losses")
+    if not isinstance(step_losses, list) or len(step_losses) != global_step:
+        f.fail("step_losses", f"must list one loss per step ({global_step}), got "
+                              f"{len(step_losses) if isinstance(step_losses, list) else _short(step_losses)}")
+    for index, value in enumerate(step_losses):
+        f.number(f"step_losses[{index}]", value)
+
+    slots = OPTIMIZER_SLOTS[config.optimizer]
+    params = dict(model.named_parameters())
+    for key, value in optimizer_state.items():
+        if key == "steps":
+            continue
+        name, _, slot = key.partition("/")
+        if name not in params or slot not in slots:
+            f.fail(f"optimizer state {key!r}", f"is not a slot of {config.optimizer} for this model's parameters "
+                                               f"(slots: {', '.join(slots) or 'none'})")
+        if value.shape != params[name].shape or value.dtype != params[name].dtype:
+            f.fail(f"optimizer state {key!r}", f"has shape {value.shape} dtype {value.dtype}, expected "
+                                               f"{params[name].shape} {params[name].dtype}")
+    return Snapshot(config, architecture, model_state, optimizer_state, epoch, step_in_epoch, global_step,
+                    rng_state, epoch_rng_state, history, step_losses, train_size)
+
+
+def layer_names(architecture) -> str:
+    """'Conv2D-ReLU-MaxPool2D-Flatten-Dense (5 layers)' for an architecture record."""
+    if not isinstance(architecture, list) or not all(isinstance(e, dict) for e in architecture):
+        return _short(architecture)
+    return "-".join(str(entry.get("type")) for entry in architecture) + f" ({len(architecture)} layers)"

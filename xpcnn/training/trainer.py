@@ -1,0 +1,274 @@
+"""The Trainer: a loop that only loops.
+
+Each epoch it shuffles the training images with a host generator (``numpy.random.Generator(seed + 1)``,
+so every backend sees the same batches), augments each batch from (seed, epoch, step), and hands the
+batch to the step executor (:mod:`~xpcnn.training.executors`), which runs forward, backward and the
+update and returns the loss on the device.  Every ``sync_every`` steps the loop reads the pending
+losses in one transfer and passes them to the extensions (:mod:`~xpcnn.training.extensions`), which do
+everything else: learning-rate schedule, divergence check, validation, progress, logs, checkpoints,
+plots, early stop.  Nothing inside a step reads back from the device.
+
+A run stopped by a signal (``trainer.stop_requested = True``) ends after the current step with
+:class:`Interrupted`, once the extensions had their ``on_interrupt`` (the checkpointer saves then);
+:meth:`Trainer.resume` continues it bitwise where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backend import Backend, to_numpy
+from ..checkpoint import CheckpointError
+from ..data import Split, batch_indices, targets_to_batch, task_targets, to_batch
+from ..model import Sequential
+from . import snapshot
+from .augment import shift_batch
+from .builders import build_loss, build_model, build_optimizer
+from .config import Config, ResumeMismatch, resume_config
+from .executors import StepExecutor, make_executor
+from .extensions import DivergenceCheck, Evaluator, ExponentialDecay, Extension
+from .metrics import Evaluation, confusion_matrix
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on request (a signal) after a step; a checkpoint was saved if asked for."""
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; all of it goes into checkpoints."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps of the current epoch completed
+    global_step: int = 0
+    epoch_rng_state: dict | None = None  # shuffle generator at the start of the current epoch
+    history: list = field(default_factory=list)  # one record (dict) per completed epoch
+    step_losses: list = field(default_factory=list)  # every step's loss, read back from the device
+    train_size: int | None = None  # training images per epoch (checked on resume)
+
+
+class Trainer:
+    """Trains ``model`` (default: the config's preset network) on one backend.
+
+    ``executor`` runs each step (default :class:`~xpcnn.training.executors.WholeBatchStep`, or a
+    :class:`~xpcnn.training.executors.SplitStep` for ``threads``/``chunk``); ``extensions`` add to
+    the ones every run has (the config's learning-rate schedule and the divergence check).
+    ``with Trainer(...) as trainer:`` closes the executor at the end (or call :meth:`close`)."""
+
+    def __init__(self, config: Config, backend: Backend, model: Sequential | None = None, *,
+                 executor: StepExecutor | None = None, extensions=(), sync_every: int = 20,
+                 threads: int = 1, chunk: int | None = None):
+        if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
+            raise ValueError(f"Trainer: sync_every must be an integer >= 1, got {sync_every!r}")
+        self.config, self.backend, self.sync_every = config, backend, sync_every
+        self.model = (model or build_model(config)).to(backend, dtype=config.dtype)
+        self.loss_fn = build_loss(config)
+        self.optimizer = build_optimizer(config)
+        self.rng = np.random.default_rng(config.seed + 1)
+        self.state = TrainState()
+        self.stop_requested = False  # set from a signal handler: stop after this step
+        self.stop_training = False  # set by an extension (early stop): stop after this epoch
+        self.notes: list[str] = []  # messages from extensions for the printed log
+        self.results: dict = {}  # what on_fit_end extensions computed (the final evaluation)
+        self.steps_per_epoch = 0
+        self.executor = executor or make_executor(threads, chunk)
+        self.executor.bind(self.model, self.loss_fn, self.optimizer, backend, config.dtype)
+        self.extensions = [ExponentialDecay(config.lr, config.lr_decay), DivergenceCheck(), *extensions]
+
+    @property
+    def is_main(self) -> bool:
+        """False on every data-parallel rank but one: extensions print and write only where True."""
+        return self.executor.is_main
+
+    def close(self) -> None:
+        self.executor.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # -- one step ---------------------------------------------------------------
+    def step(self, images: np.ndarray, targets: np.ndarray):
+        """Forward, backward and update on one host batch; returns the loss as a device array."""
+        return self.executor.step(self.executor.to_device(images, targets))
+
+    # -- the loop ---------------------------------------------------------------------
+    def fit(self, train: Split, validation: Split | None = None, extensions=()) -> list:
+        """Train until ``config.epochs`` are done, continuing from ``self.state``; returns the
+        history.  ``validation`` adds an :class:`Evaluator`; ``extensions`` join the trainer's for
+        this fit.  Raises :class:`Diverged` or :class:`Interrupted`."""
+        cfg = self.config
+        if cfg.train_count is not None:
+            train = train.take(cfg.train_count)
+        if len(train) == 0:
+            raise ValueError("Trainer.fit: no training images")
+        if self.state.train_size is not None and self.state.train_size != len(train):
+            raise CheckpointError(f"the checkpoint's run trained on {self.state.train_size} images per epoch; "
+                                  f"this data has {len(train)}: resume on the same data")
+        self.state.train_size = len(train)
+        targets = task_targets(train.labels, cfg.task)
+        everything = self.extensions + ([Evaluator(validation)] if validation is not None else []) + list(extensions)
+        everything.sort(key=lambda extension: -extension.priority)  # stable: equal priorities keep their order
+        self.stop_training, started = False, time.perf_counter()
+        try:
+            with self.executor.running():
+                self._call(everything, "on_fit_start")
+                while self.state.epoch < cfg.epochs and not self.stop_training:
+                    self._epoch(train, targets, everything)
+            self.results["train_seconds"] = time.perf_counter() - started
+            self._call(everything, "on_fit_end")
+        finally:
+            for extension in everything:
+                extension.close()
+        return self.state.history
+
+    def _epoch(self, train: Split, targets: np.ndarray, extensions: list[Extension]) -> None:
+        cfg, state = self.config, self.state
+        if state.step_in_epoch == 0:
+            state.epoch_rng_state = self.rng.bit_generator.state
+        else:  # resuming mid-epoch: replay the epoch's shuffle
+            self.rng.bit_generator.state = state.epoch_rng_state
+        batches = batch_indices(len(train), cfg.batch_size, self.rng)
+        self.steps_per_epoch = len(batches)
+        self._call(extensions, "on_epoch_start")
+        started, pending = time.perf_counter(), []
+        images_before = sum(len(b) for b in batches[:state.step_in_epoch])
+        for index in range(state.step_in_epoch, len(batches)):
+            batch = batches[index]
+            images = shift_batch(train.images[batch], cfg.shift, cfg.seed, state.epoch, index)
+            pending.append(self.step(images, targets[batch]))
+            state.step_in_epoch, state.global_step = index + 1, state.global_step + 1
+            if len(pending) >= self.sync_every or index + 1 == len(batches) or self.stop_requested:
+                self._sync(pending, extensions)
+                pending = []
+            if self.executor.should_stop(self.stop_requested):  # every process stops after the same step
+                if pending:
+                    self._sync(pending, extensions)
+                self._call(extensions, "on_interrupt")
+                raise Interrupted(f"interrupted at epoch {state.epoch + 1}, step {index + 1}")
+        seconds = time.perf_counter() - started
+        losses = self.epoch_losses()  # includes steps before a resume
+        record = {"epoch": state.epoch + 1, "loss": float(np.mean(losses)) if losses else math.nan,
+                  "val_loss": None, "val_accuracy": None,
+                  "images_per_s": (len(train) - images_before) / seconds if seconds else math.inf, "seconds": seconds}
+        state.history.append(record)
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        self._call(extensions, "on_epoch_end", record)
+
+    def _sync(self, pending: list, extensions: list[Extension]) -> None:
+        """Read the pending device losses in one transfer, show them to the extensions (the
+        divergence check stops at the first non-finite one), then record them."""
+        values = to_numpy(self.backend.xp.stack(pending)).astype(np.float64).tolist()
+        self._call(extensions, "on_losses", values)
+        self.state.step_losses += values
+
+    def _call(self, extensions: list[Extension], event: str, *args) -> None:
+        for extension in extensions:
+            getattr(extension, event)(self, *args)
+
+    def epoch_losses(self) -> list[float]:
+        """The recorded step losses of the current epoch (those read back so far)."""
+        start = self.state.global_step - self.state.step_in_epoch
+        return self.state.step_losses[start:]
+
+    # -- evaluation -----------------------------------------------------------------------
+    def _classes(self, output) -> np.ndarray:
+        """Host class predictions from a batch of outputs: argmax, or O > 0.5 for one sigmoid output."""
+        if self.config.task == "binary":
+            return to_numpy(output[:, 0] > 0.5).astype(np.int64)
+        return to_numpy(self.backend.xp.argmax(output, axis=1)).astype(np.int64)
+
+    def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """Host predictions: class indices (multiclass) or 0/1 (binary)."""
+        with self.model.inference():
+            out = [self._classes(self.model(to_batch(images[start:start + batch_size], self.backend, self.config.dtype)))
+                   for start in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def evaluate(self, split: Split, batch_size: int = 500, predictions: bool = False):
+        """(mean loss, accuracy) on a split; with ``predictions=True`` also the host predictions."""
+        targets = task_targets(split.labels, self.config.task)
+        loss_sum, predicted = 0.0, []
+        with self.model.inference():
+            for start in range(0, len(split), batch_size):
+                output = self.model(to_batch(split.images[start:start + batch_size], self.backend, self.config.dtype))
+                batch_targets = targets_to_batch(targets[start:start + batch_size], self.backend, self.config.dtype)
+                loss_sum += float(to_numpy(self.loss_fn(output, batch_targets))) * output.shape[0]
+                predicted.append(self._classes(output))
+        predicted = np.concatenate(predicted)
+        truth = targets[:, 0].astype(np.int64) if self.config.task == "binary" else targets
+        result = (loss_sum / len(split), float(np.mean(predicted == truth)))
+        return (*result, predicted) if predictions else result
+
+    def test(self, split: Split) -> Evaluation:
+        """Loss, accuracy, predictions and confusion matrix on ``split`` (the final evaluation)."""
+        loss, accuracy, predicted = self.evaluate(split, predictions=True)
+        truth = task_targets(split.labels, self.config.task).reshape(len(split), -1)[:, 0].astype(np.int64)
+        return Evaluation(loss, accuracy, predicted, truth, confusion_matrix(truth, predicted, self.config.outputs
+                                                                             if self.config.outputs > 1 else 2))
+
+    def metrics(self, source: str = "") -> dict:
+        """The run's record for ``metrics.json``."""
+        metrics = {"config": self.config.__dict__.copy(), "backend": self.backend.label, "data": source,
+                   "train_seconds": self.results.get("train_seconds"), "history": self.state.history,
+                   "step_losses": self.state.step_losses}
+        if "final" in self.results:
+            metrics["final"] = self.results["final"]
+        return metrics
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """A resumable checkpoint (parameters, optimizer state, RNG state, history), written atomically."""
+        from .. import checkpoint
+
+        checkpoint.save(path, self.model.state_dict(), self.optimizer.state_dict(), snapshot.meta_record(self))
+
+    def resume(self, path) -> None:
+        """Continue from a checkpoint made on any backend.  The checkpoint is checked whole first
+        (:mod:`~xpcnn.training.snapshot`); its run must be this trainer's (the same configuration up
+        to ``epochs``).  On any problem a CheckpointError is raised and nothing changes."""
+        saved = snapshot.read(path)
+        mine = json.loads(json.dumps(self.model.config()))
+        if saved.architecture != mine:
+            raise CheckpointError(f"{path}: architecture {snapshot.layer_names(saved.architecture)} does not match "
+                                  f"this model {snapshot.layer_names(mine)}")
+        try:
+            resume_config(saved.config, **{k: v for k, v in self.config.__dict__.items()})
+        except ResumeMismatch as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        if saved.epoch > self.config.epochs:
+            raise CheckpointError(f"{path}: the checkpoint has {saved.epoch} epochs done, more than this run's "
+                                  f"{self.config.epochs}")
+        try:
+            self.model.load_state_dict(saved.model_state)
+            self.optimizer.load_state_dict(saved.optimizer_state, self.model)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        self.rng.bit_generator.state = saved.rng_state
+        self.state = TrainState(saved.epoch, saved.step_in_epoch, saved.global_step, saved.epoch_rng_state,
+                                saved.history, saved.step_losses, saved.train_size)
+
+    @classmethod
+    def from_checkpoint(cls, path, backend: Backend, epochs: int | None = None, **options) -> "Trainer":
+        """A Trainer that continues the checkpoint's run (optionally for ``epochs`` in all): the resume
+        policy is that only the number of epochs may change.  ``options`` go to the constructor."""
+        config = resume_config(snapshot.read(path).config, epochs=epochs)
+        trainer = cls(config, backend, **options)
+        try:
+            trainer.resume(path)
+        except BaseException:
+            trainer.close()
+            raise
+        return trainer
+
+
+def config_from_checkpoint(path) -> Config:
+    """The configuration a checkpoint's run was made with (checked)."""
+    return snapshot.read(path).config
