@@ -38,6 +38,11 @@ def digest(meta: dict, arrays: dict) -> str:
     return h.hexdigest()
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def save(path, model_state: dict, optimizer_state: dict, meta: dict) -> None:
     arrays = {f"param/{k}": np.asarray(v) for k, v in model_state.items()}
     arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer_state.items() if k != "steps"})
@@ -54,20 +59,24 @@ def load(path) -> tuple[dict, dict, dict]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
+        # np.load hands back a member that is no .npy file as its raw bytes
+        raw = next((k for k, v in arrays.items() if not isinstance(v, np.ndarray)), None)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from None
     except Exception as exc:  # BadZipFile, a bad CRC, a truncated member, a pickled object ...
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(arrays, dict) or "meta" not in arrays:
+    if raw is not None:
+        raise CheckpointError(f"{path}: {raw} is not an array (a zip member that is no .npy file)")
+    if "meta" not in arrays:
         raise CheckpointError(f"{path}: not an xpcnn checkpoint (no meta record)")
     raw = arrays.pop("meta")
     if raw.shape != () or raw.dtype.kind != "U":
         raise CheckpointError(f"{path}: meta record must be one JSON string, got a {raw.dtype} array of shape {raw.shape}")
     try:
         meta = json.loads(str(raw))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise CheckpointError(f"{path}: meta record is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: meta record must be a JSON object, got {type(meta).__name__}")
@@ -76,7 +85,10 @@ def load(path) -> tuple[dict, dict, dict]:
             raise CheckpointError(f"{path}: digest does not match its contents: the file was changed or damaged "
                                   "after it was written")
     elif meta.get("format") not in LEGACY_FORMATS:
-        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}, expected {FORMAT}")
+        raise CheckpointError(f"{path}: unknown checkpoint format {_short(meta.get('format'))}, expected {FORMAT}")
+    elif "digest" in meta:  # a newer file relabelled to skip the digest
+        raise CheckpointError(f"{path}: digest in a {meta['format']} checkpoint, a format that has none: the "
+                              "file was changed after it was written")
     for name, array in arrays.items():
         if not (name.startswith("param/") or name.startswith("optim/")):
             raise CheckpointError(f"{path}: unexpected array {name!r}")
