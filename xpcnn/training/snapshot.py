@@ -78,7 +78,7 @@ class _Fields:
 
     def integer(self, field: str, value, minimum: int = 0, maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(field, f"must be an integer, got {value!r}")
+            self.fail(field, f"must be an integer, got {_short(value)}")
         if value < minimum or (maximum is not None and value > maximum):
             self.fail(field, f"must lie in [{minimum}, {maximum if maximum is not None else 'inf'}], got {value}")
         return value
@@ -88,12 +88,16 @@ class _Fields:
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(field, f"must be a number, got {value!r}")
+            self.fail(field, f"must be a number, got {_short(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            self.fail(field, f"must be a number within the float range, got {_short(value)}")
         if finite and not math.isfinite(value):
             self.fail(field, f"must be finite, got {value}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             self.fail(field, f"must lie in [{minimum}, {maximum}], got {value}")
-        return float(value)
+        return value
 
     def rng_state(self, field: str, value) -> dict:
         if not isinstance(value, dict) or value.get("bit_generator") != "PCG64":
@@ -123,12 +127,17 @@ def read(path) -> Snapshot:
     """Read and check a training checkpoint (module docstring)."""
     model_state, optimizer_state, meta = ckpt.load(path)
     f = _Fields(path, meta)
+    values = f.get("config")
     try:
-        config = Config.from_dict(f.get("config"))
+        config = Config.from_dict(values)
     except ConfigError as exc:
-        f.fail(f"config.{exc.field}", exc.problem)
+        f.fail(f"config.{exc.field}" if exc.field != "config" else "config", exc.problem)
     except TypeError as exc:  # a config that is not a mapping of names
         f.fail("config", f"is malformed ({exc})")
+    except OverflowError:  # Config's float(value) of an integer beyond any float
+        field = next((k for k, v in values.items() if isinstance(v, int) and abs(v) > 2 ** 1023), None)
+        f.fail(f"config.{field}" if field else "config", "must be a number within the float range, got "
+               + (_short(values[field]) if field else "an integer beyond it"))
     dtype = f.get("dtype")
     if dtype not in DTYPES or dtype != config.dtype:
         f.fail("dtype", f"must be the config's dtype {config.dtype!r}, got {_short(dtype)}")
@@ -150,15 +159,27 @@ def read(path) -> Snapshot:
     if epoch == config.epochs and step_in_epoch:
         f.fail("step_in_epoch", f"must be 0 once all {config.epochs} epochs are done, got {step_in_epoch}")
     global_step = f.integer("global_step", f.get("global_step"), step_in_epoch)
-    train_size = meta.get("train_size")  # absent from round-1 checkpoints
+    # absent from round-1 checkpoints; null in one saved before the run's first fit
+    train_size = f.get("train_size") if meta["format"] == ckpt.FORMAT else meta.get("train_size")
     if train_size is not None:
-        f.integer("train_size", train_size, 1)
-        per_epoch = -(-min(train_size, config.train_count or train_size) // config.batch_size)
+        f.integer("train_size", train_size, 1, config.train_count)
+        per_epoch = -(-train_size // config.batch_size)
         if step_in_epoch >= per_epoch:
             f.fail("step_in_epoch", f"must be below the {per_epoch} steps of an epoch, got {step_in_epoch}")
         if global_step != epoch * per_epoch + step_in_epoch:
             f.fail("global_step", f"must be {epoch * per_epoch + step_in_epoch} ({epoch} epochs of {per_epoch} "
                                   f"steps + {step_in_epoch}), got {global_step}")
+    elif epoch:  # the epoch's length is unknown, but every epoch has the same number of steps
+        most = -(-config.train_count // config.batch_size) if config.train_count else None
+        per_epoch, rest = divmod(global_step - step_in_epoch, epoch)
+        if rest or per_epoch < 1 or (most is not None and per_epoch > most):
+            f.fail("global_step", f"must be {step_in_epoch} + {epoch} epochs of equal steps"
+                                  + (f" (at most {most} each)" if most is not None else "") + f", got {global_step}")
+        if step_in_epoch >= per_epoch:
+            f.fail("step_in_epoch", f"must be below the {per_epoch} steps of an epoch, got {step_in_epoch}")
+    elif config.train_count and step_in_epoch >= -(-config.train_count // config.batch_size):
+        f.fail("step_in_epoch", f"must be below the at most {-(-config.train_count // config.batch_size)} steps "
+                                f"of an epoch, got {step_in_epoch}")
     if optimizer_state["steps"] != global_step:
         f.fail("optimizer_steps", f"must equal global_step {global_step}, got {optimizer_state['steps']}")
     rng_state = f.rng_state("rng_state", f.get("rng_state"))
@@ -175,7 +196,7 @@ def read(path) -> Snapshot:
         where = f"history[{index}]"
         if not isinstance(entry, dict) or not set(HISTORY_KEYS) <= set(entry):
             f.fail(where, f"must be a record with keys {', '.join(HISTORY_KEYS)}, got {_short(entry)}")
-        if entry["epoch"] != index + 1 or isinstance(entry["epoch"], bool):
+        if entry["epoch"] != index + 1 or type(entry["epoch"]) is not int:
             f.fail(f"{where}.epoch", f"must be {index + 1}, got {_short(entry['epoch'])}")
         f.number(f"{where}.loss", entry["loss"], finite=False)
         f.number(f"{where}.val_loss", entry["val_loss"], finite=False, optional=True)
@@ -192,7 +213,7 @@ def read(path) -> Snapshot:
     for index, value in enumerate(step_losses):
         f.number(f"step_losses[{index}]", value)
 
-    slots = OPTIMIZER_SLOTS[config.optimizer]
+    slots = OPTIMIZER_SLOTS[config.optimizer] if config.momentum or config.optimizer != "momentum" else ()
     params = dict(model.named_parameters())
     for key, value in optimizer_state.items():
         if key == "steps":
@@ -204,6 +225,13 @@ def read(path) -> Snapshot:
         if value.shape != params[name].shape or value.dtype != params[name].dtype:
             f.fail(f"optimizer state {key!r}", f"has shape {value.shape} dtype {value.dtype}, expected "
                                                f"{params[name].shape} {params[name].dtype}")
+    # every step updates every parameter's slots: after one, each has all of them (a lost one would
+    # resume from zero, not where the run stopped); before the first, none has any
+    expected = {f"{name}/{slot}" for name in params for slot in slots} if optimizer_state["steps"] else set()
+    missing = sorted(expected - set(optimizer_state))
+    if missing:
+        f.fail(f"optimizer state {missing[0]!r}", f"is missing ({optimizer_state['steps']} steps of "
+                                                  f"{config.optimizer} made it; {len(missing)} slot(s) missing)")
     return Snapshot(config, architecture, model_state, optimizer_state, epoch, step_in_epoch, global_step,
                     rng_state, epoch_rng_state, history, step_losses, train_size)
 
