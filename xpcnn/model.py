@@ -159,15 +159,76 @@ class Sequential(Layer):
 
     @classmethod
     def load(cls, path, backend="numpy", device=None) -> "Sequential":
-        """Rebuild a model saved by :meth:`save` (or a training checkpoint) on ``backend``."""
+        """Rebuild a model saved by :meth:`save` (or a training checkpoint) on ``backend``.
+
+        The file is untrusted input: its architecture must be a non-empty list of known layers
+        whose arguments build, its dtype float32 or float64, and each layer's parameter shapes --
+        worked out from the layer's arguments before it is built, so that an edited size allocates
+        nothing -- those of the arrays in the file.  Any problem is a
+        :class:`~xpcnn.checkpoint.CheckpointError` naming the file (and the layer's index)."""
+        import inspect
+
         from . import checkpoint
+        from .backend import DTYPES
+        from .layers import _pair, _size
+
+        def fail(problem: str):
+            raise checkpoint.CheckpointError(f"{path}: {problem}")
+
+        def short(value) -> str:
+            text = repr(value)
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        def parameter_shapes(kind: str, args: dict) -> dict:
+            """The shapes a layer's constructor would give its parameters (checked as it checks them)."""
+            bound = inspect.signature(LAYER_TYPES[kind]).bind(**args)  # TypeError: missing or unknown
+            bound.apply_defaults()
+            a = bound.arguments
+            if kind == "Conv2D":
+                out = _size(a["out_channels"], "out_channels", kind, 1)
+                shape = (out, _size(a["in_channels"], "in_channels", kind, 1),
+                         *_pair(a["kernel_size"], "kernel_size", kind, 1))
+            elif kind == "Dense":
+                out = _size(a["out_features"], "out_features", kind, 1)
+                shape = (_size(a["in_features"], "in_features", kind, 1), out)
+            else:
+                return {}
+            return {"weight": shape, **({"bias": (out,)} if a["bias"] else {})}
 
         state, _, meta = checkpoint.load(path)
-        model = cls.from_config(meta["architecture"]).to("numpy", dtype=meta["dtype"])
+        dtype, architecture = meta.get("dtype"), meta.get("architecture")
+        if dtype not in DTYPES:
+            fail(f"dtype must be float32 or float64, got {short(dtype)}")
+        if not isinstance(architecture, list) or not architecture:
+            fail(f"architecture must be a non-empty list of layer records, got {short(architecture)}")
+        layers = []
+        for index, entry in enumerate(architecture):
+            where = f"architecture[{index}]"
+            if not isinstance(entry, dict):
+                fail(f"{where} must be a layer record (an object with a type), got {short(entry)}")
+            kind = entry.get("type")
+            if not isinstance(kind, str) or kind not in LAYER_TYPES:
+                fail(f"{where} has unknown layer type {short(kind)} (known: {', '.join(LAYER_TYPES)})")
+            args = {k: tuple(v) if k == "kernel_size" and isinstance(v, list) else v
+                    for k, v in entry.items() if k != "type"}
+            try:
+                shapes = parameter_shapes(kind, args)
+            except (TypeError, ValueError, KeyError) as exc:
+                fail(f"{where} ({kind}) does not build ({exc})")
+            for name, shape in shapes.items():
+                array = state.get(f"{index}.{name}")
+                if array is None or tuple(array.shape) != shape:
+                    fail(f"{where} ({kind}) needs parameter {index}.{name} of shape {shape}, the file has "
+                         + ("none" if array is None else f"shape {tuple(array.shape)}"))
+            try:
+                layers.append(LAYER_TYPES[kind](**args))
+            except (TypeError, ValueError, KeyError) as exc:
+                fail(f"{where} ({kind}) does not build ({exc})")
+        model = cls(*layers).to("numpy", dtype=dtype)
         try:
             model.load_state_dict(state)
         except StateDictError as exc:
-            raise checkpoint.CheckpointError(f"{path}: {exc}") from None
+            fail(f"parameters do not fit the architecture ({exc})")
         return model.to(backend, device)
 
     def __repr__(self):
