@@ -51,6 +51,9 @@ def usage_error(capsys, *argv) -> str:
     (["--compare", "numpy,array_api_strict", "--threads", "2"], "--compare runs each backend on whole batches"),
     (["--compare", "numpy,array_api_strict", "--chunk", "8"], "drop --threads/--chunk"),
     (["--chunk", "0"], "--chunk must be >= 1, got 0"),
+    (["--compile", "--threads", "2"], "--compile runs whole batches through the compiled step; drop --threads/--chunk"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1), got 1.5"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--data", "/nonexistent/mnist"], "--data: /nonexistent/mnist: no such file or folder"),
     (["--compare", "numpy"], "--compare needs at least two backends"),
     (["--compare", "numpy,mxnet"], "--compare: unknown backend 'mxnet'"),
@@ -232,3 +235,35 @@ def test_resume_refuses_changed_hyperparameters(capsys, tmp_path, tiny_npz):
     assert main(["--resume", str(out / "checkpoint.npz"), "--data", tiny_npz, "--epochs", "2", "--lr", "0.05",
                  "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["history"][-1]["epoch"] == 2
+
+
+def test_compile_without_a_compiler_is_one_line(capsys, tmp_path):
+    line = one_line_error(capsys, "--compile", "--out", str(tmp_path))
+    assert "--compile: numpy:cpu has no compiled executor here" in line
+
+
+def test_compare_with_compile_passes(capsys, tmp_path, tiny_npz):
+    """--compare numpy,jax --compile: JAX compiled (jax.jit), NumPy eager, parity in float64."""
+    pytest.importorskip("jax")
+    code = main(["--compare", "numpy,jax", "--compile", "--data", tiny_npz, "--out", str(tmp_path), "--quiet"])
+    assert code == 0 and "parity PASS (float64" in capsys.readouterr().out
+
+
+def test_jax_compiles_by_default_and_no_compile_runs_eagerly(capsys, tmp_path, tiny_npz):
+    pytest.importorskip("jax")
+    for flags, shown in (([], True), (["--no-compile"], False)):
+        assert main(["--backend", "jax", "--data", tiny_npz, "--epochs", "1", "--batch-size", "100", *flags,
+                     "--out", str(tmp_path), "--quiet"]) == 0
+        assert ("steps compiled by jax.jit" in capsys.readouterr().out) is shown
+
+
+def test_console_command_dispatches_train(capsys, tmp_path, tiny_npz):
+    from xpcnn.cli import main as console
+
+    assert console(["train", "--data", tiny_npz, "--epochs", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "xpcnn: preset default" in capsys.readouterr().out
+    assert console(["fly"]) == 2 and "unknown command 'fly'" in capsys.readouterr().err
+    assert console(["--help"]) == 0 and "xpcnn train --help" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        console(["train", "--epochs", "0", "--out", str(tmp_path)])
+    assert info.value.code == 2 and "usage: xpcnn train" in capsys.readouterr().err

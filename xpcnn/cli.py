@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError
 from .files import check_writable_dir, write_json
 from .training import (PRESETS, ConfigError, Diverged, Interrupted, ProgressBar, ResumeMismatch, Trainer,
                        make_executor, resume_config, standard_extensions)
+from .training.compiled import compiled_executor, compiles_by_default, has_compiled_executor
 from .training.hostmem import keep_freed_memory
 from .training.snapshot import read as read_checkpoint
 
@@ -70,6 +71,10 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    help="run each batch as pieces of at most N images, gradients summed (the same step up to "
                         "float rounding; faster on a CPU once a batch's arrays outgrow the cache, "
                         "docs/performance.md; default: whole batches)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each training step compiled by the backend's own compiler: jax.jit on JAX, one CUDA "
+                        "graph per step on torch:cuda (the same step; docs/performance.md).  Default: on for JAX, "
+                        "off elsewhere; --no-compile runs JAX eagerly.  With --compare: compile the backends that can")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     return p
 
@@ -95,6 +100,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--threads splits each batch over CPU cores; drop it for a GPU")
     if args.compare and (args.threads != 1 or args.chunk):
         p.error("--compare runs each backend on whole batches, single-threaded; drop --threads/--chunk")
+    if args.compile and (args.threads != 1 or args.chunk):
+        p.error("--compile runs whole batches through the compiled step; drop --threads/--chunk")
     if args.compare and args.resume:
         p.error("--compare and --resume cannot be combined")
     if args.compare and (args.backend or args.device):
@@ -174,7 +181,8 @@ def run_compare(p, args) -> int:
           f"training images ({dataset.source})", flush=True)
     report = parity_mod.compare(specs, config, dataset.train, rtol=args.rtol, atol=args.atol,
                                 on_backend=lambda spec: print(f"  training on {spec} ...", flush=True),
-                                extensions=[] if args.quiet else [ProgressBar()])
+                                extensions=[] if args.quiet else [ProgressBar()],
+                                executor=lambda backend: _executor(args, backend, compare=True))
     print(parity_mod.format_report(report))
     write_json(os.path.join(args.out, "parity.json"), report)
     if args.plot:
@@ -193,6 +201,16 @@ def _header(trainer: Trainer, dataset, resumed: bool) -> str:
             + (f" (x{config.lr_decay:g} per epoch)" if config.lr_decay != 1 else "")
             + (f"; {executor}" if executor else "")
             + (f"; resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}" if resumed else ""))
+
+
+def _executor(args, backend, compare: bool = False):
+    """The step executor the flags ask for: compiled (--compile, or by default where
+    :func:`compiles_by_default`), split into shares (--threads/--chunk), or the plain step.  In
+    compare mode --compile compiles the backends that can and runs the others eagerly."""
+    if args.compile or (args.compile is None and compiles_by_default(backend)):
+        if has_compiled_executor(backend) or not (compare or args.compile is None):
+            return compiled_executor(backend)  # raises, naming the backend, where there is none
+    return make_executor(args.threads, args.chunk)
 
 
 def train_main(argv=None, prog: str = "train.py") -> int:
@@ -219,7 +237,11 @@ def train_main(argv=None, prog: str = "train.py") -> int:
         out=args.out, test=final, test_label=f"test ({args.eval_data})" if evaluation is not None else "validation",
         source=dataset.source, verbose=True, progress=not args.quiet,
         plot_image=(final or dataset.train).images[0] if args.plot else None)
-    with Trainer(config, backend, executor=make_executor(args.threads, args.chunk), extensions=extensions) as trainer:
+    try:
+        executor = _executor(args, backend)
+    except BackendError as exc:
+        return _one_line_error(p, str(exc))
+    with Trainer(config, backend, executor=executor, extensions=extensions) as trainer:
         if args.resume:
             try:
                 trainer.resume(args.resume)

@@ -1,6 +1,12 @@
 """Optimizers.  ``step(model)`` reads ``model.named_gradients()`` and *replaces*
 each parameter with ``model.set_parameter`` (no in-place update, so JAX's
-immutable arrays work).  State is saved by parameter name."""
+immutable arrays work).  State is saved by parameter name.
+
+Each rule is a pure function, ``update(param, grad, slots, scalars) -> (new_param, new_slots)``:
+arrays in, arrays out, and the step's scalars (learning rate, Adam's bias corrections) computed on
+the host by ``scalars()`` and passed in.  ``step`` applies it to every parameter; a compiled
+executor (:mod:`xpcnn.training.compiled`) traces the same function with the scalars as inputs,
+so a new learning rate or step count never needs a new compilation."""
 
 from __future__ import annotations
 
@@ -21,13 +27,22 @@ class Optimizer:
 
     def step(self, model) -> None:
         self.steps += 1
+        scalars = self.scalars()
         params = dict(model.named_parameters())
         for name, grad in model.named_gradients():
             param = params[name]
             namespace(param, grad, where=f"{type(self).__name__}.step({name})")
-            model.set_parameter(name, self.update(name, param, grad))
+            new, slots = self.update(param, grad, self.state.get(name, {}), scalars)
+            if slots:
+                self.state[name] = slots
+            model.set_parameter(name, new)
 
-    def update(self, name, param, grad):
+    def scalars(self) -> dict:
+        """The host scalars of step number ``self.steps`` (counted from 1)."""
+        return {"lr": self.lr}
+
+    def update(self, param, grad, slots: dict, scalars: dict):
+        """(new parameter, new slots) from the old ones: pure, no state changed."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -71,13 +86,12 @@ class SGD(Optimizer):
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
 
-    def update(self, name, param, grad):
+    def update(self, param, grad, slots, scalars):
+        lr = scalars["lr"]
         if self.momentum == 0.0:
-            return param - self.lr * grad
-        slots = self.state.setdefault(name, {})
+            return param - lr * grad, {}
         velocity = grad if "velocity" not in slots else self.momentum * slots["velocity"] + grad
-        slots["velocity"] = velocity
-        return param - self.lr * velocity
+        return param - lr * velocity, {"velocity": velocity}
 
 
 class Adam(Optimizer):
@@ -91,13 +105,14 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = map(float, betas)
         self.eps = float(eps)
 
-    def update(self, name, param, grad):
+    def scalars(self):
+        """lr and the bias corrections 1 - b1^t, 1 - b2^t of step t (host floats)."""
+        return {"lr": self.lr, "bias1": 1 - self.beta1 ** self.steps, "bias2": 1 - self.beta2 ** self.steps}
+
+    def update(self, param, grad, slots, scalars):
         xp = namespace(param, grad)
-        slots = self.state.setdefault(name, {})
         m = (1 - self.beta1) * grad if "m" not in slots else self.beta1 * slots["m"] + (1 - self.beta1) * grad
         v = (1 - self.beta2) * grad * grad if "v" not in slots else self.beta2 * slots["v"] + (1 - self.beta2) * grad * grad
-        slots["m"], slots["v"] = m, v
-        m_hat = m / (1 - self.beta1 ** self.steps)
-        v_hat = v / (1 - self.beta2 ** self.steps)
-        return param - self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
-
+        m_hat = m / scalars["bias1"]
+        v_hat = v / scalars["bias2"]
+        return param - scalars["lr"] * m_hat / (xp.sqrt(v_hat) + self.eps), {"m": m, "v": v}
