@@ -24,7 +24,14 @@ from xpcnn.cli import train_main
 from xpcnn.training import Checkpointer, Config, Interrupted, Lambda, Trainer, snapshot
 
 CONFIG = Config(epochs=2, batch_size=50, dtype="float64")  # 200 images: 4 steps an epoch
-MISSING = object()
+
+
+class _Missing:
+    def __repr__(self):
+        return "MISSING"
+
+
+MISSING = _Missing()  # put(): delete the key
 
 
 @dataclasses.dataclass
@@ -106,6 +113,7 @@ def param_edit(name, value):
             del params[name]
         else:
             params[name] = value(params.get(name)) if callable(value) else value
+    edit.__name__ = f"param/{name}={getattr(value, '__name__', None) or type(value).__name__}"
     return edit
 
 
@@ -115,6 +123,7 @@ def optim_edit(name, value):
             del optim[name]
         else:
             optim[name] = value(optim.get(name)) if callable(value) else value
+    edit.__name__ = f"optim/{name}={getattr(value, '__name__', None) or type(value).__name__}"
     return edit
 
 
@@ -277,7 +286,7 @@ CASES = [
 
 def case_id(case):
     base, edit, field = case
-    return f"{base}-{edit.__name__}" if edit.__name__ != "edit" else f"{base}-{field}"
+    return f"{base}-{edit.__name__}" if edit.__name__ != "edit" else f"{base}-{field}-{CASES.index(case)}"
 
 
 def make(pieces: Pieces, edit, path):
@@ -377,19 +386,19 @@ def test_an_edit_without_a_new_digest_is_refused(runs, tmp_path):
 
 
 def test_every_byte_of_the_meta_record_is_covered_by_the_digest(runs, tmp_path):
-    """Change each character of the meta JSON (where the result still parses) and keep the old
-    digest: never accepted."""
+    """Change characters of the meta JSON (where the result still parses) and keep the old
+    digest: never accepted (the first few as files, the rest as checkpoint.load decides)."""
     params, optim, meta = runs["mid"].copy()
     text = json.dumps(meta)
     arrays = {f"param/{k}": v for k, v in params.items()}
     arrays.update({f"optim/{k}": v for k, v in optim.items() if k != "steps"})
     rng = np.random.default_rng(7)
+    positions = [text.index(checkpoint.FORMAT) + len(checkpoint.FORMAT) - 1]  # -2 -> -1: the legacy format
+    positions += list(rng.choice(len(text), size=400, replace=False))
     tried = 0
-    for position in rng.choice(len(text), size=300, replace=False):
+    for position in positions:
         for replacement in "0179ae\"":
             edited = text[:position] + replacement + text[position + 1:]
-            if edited == text:
-                continue
             try:
                 parsed = json.loads(edited)
             except ValueError:
@@ -397,12 +406,17 @@ def test_every_byte_of_the_meta_record_is_covered_by_the_digest(runs, tmp_path):
             if parsed == meta:
                 continue
             tried += 1
-            path = tmp_path / "m.npz"
-            with open(path, "wb") as handle:
-                np.savez(handle, **arrays, meta=np.array(edited))
-            with pytest.raises(CheckpointError):
-                checkpoint.load(path)
-    assert tried > 50
+            if tried <= 10:
+                path = tmp_path / "m.npz"
+                with open(path, "wb") as handle:
+                    np.savez(handle, **arrays, meta=np.array(edited))
+                with pytest.raises(CheckpointError):
+                    checkpoint.load(path)
+            elif parsed.get("format") == checkpoint.FORMAT:
+                assert parsed.get("digest") != checkpoint.digest(parsed, arrays), edited
+            else:
+                assert "digest" in parsed or parsed.get("format") not in checkpoint.LEGACY_FORMATS, edited
+    assert tried > 200
 
 
 def test_a_round_1_file_with_a_digest_is_refused(runs, tmp_path):
