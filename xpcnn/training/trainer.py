@@ -136,6 +136,9 @@ class Trainer:
         else:  # resuming mid-epoch: replay the epoch's shuffle
             self.rng.bit_generator.state = state.epoch_rng_state
         batches = batch_indices(len(train), cfg.batch_size, self.rng)
+        if state.step_in_epoch >= len(batches):
+            raise CheckpointError(f"the checkpoint stands at step {state.step_in_epoch} of an epoch that has "
+                                  f"{len(batches)} steps here: resume on the same data")
         self.steps_per_epoch = len(batches)
         self._call(extensions, "on_epoch_start")
         started, pending = time.perf_counter(), []
@@ -195,13 +198,18 @@ class Trainer:
     def evaluate(self, split: Split, batch_size: int = 500, predictions: bool = False):
         """(mean loss, accuracy) on a split; with ``predictions=True`` also the host predictions."""
         targets = task_targets(split.labels, self.config.task)
-        loss_sum, predicted = 0.0, []
+        starts = range(0, len(split), batch_size)
+        parts = []  # (loss x batch size, predictions) of each batch this process evaluates
         with self.model.inference():
-            for start in range(0, len(split), batch_size):
+            for start in (starts[index] for index in self.executor.evaluation_batches(len(starts))):
                 output = self.model(to_batch(split.images[start:start + batch_size], self.backend, self.config.dtype))
                 batch_targets = targets_to_batch(targets[start:start + batch_size], self.backend, self.config.dtype)
-                loss_sum += float(to_numpy(self.loss_fn(output, batch_targets))) * output.shape[0]
-                predicted.append(self._classes(output))
+                parts.append((float(to_numpy(self.loss_fn(output, batch_targets))) * output.shape[0],
+                              self._classes(output)))
+        loss_sum, predicted = 0.0, []
+        for batch_loss, batch_predicted in self.executor.gather_evaluation(parts):  # every batch, in order
+            loss_sum += batch_loss
+            predicted.append(batch_predicted)
         predicted = np.concatenate(predicted)
         truth = targets[:, 0].astype(np.int64) if self.config.task == "binary" else targets
         result = (loss_sum / len(split), float(np.mean(predicted == truth)))
