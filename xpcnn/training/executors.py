@@ -30,9 +30,13 @@ An executor is built with its own options, then the Trainer binds it once and cl
 * ``should_stop(requested)`` turns this process's stop request (a signal) into a decision all
   processes share, so that they all stop after the same step; ``barrier()`` waits for every process
   (after the main one wrote a checkpoint).
+* ``evaluation_batches(count)`` and ``gather_evaluation(parts)`` shard an evaluation: the Trainer
+  evaluates only the batches the first names and the second hands every process all batches' results
+  in order, so every process gets the single-process metrics (defaults: all batches, no exchange).
 * ``close()`` may be called more than once.
 
-:class:`WholeBatchStep` is the plain step; :class:`SplitStep` cuts each batch into shares.
+:class:`WholeBatchStep` is the plain step; :class:`SplitStep` cuts each batch into shares;
+:class:`~xpcnn.training.distributed.DataParallelStep` (mpi4py) gives each MPI rank one share.
 """
 
 from __future__ import annotations
@@ -68,6 +72,16 @@ class StepExecutor:
 
     def barrier(self) -> None:
         """Wait until every process got here (data-parallel ranks); a no-op in one process."""
+
+    def evaluation_batches(self, count: int) -> range:
+        """Which of an evaluation's ``count`` batches this process evaluates (all of them in one
+        process; a contiguous run of them on each data-parallel rank)."""
+        return range(count)
+
+    def gather_evaluation(self, parts: list) -> list:
+        """The per-batch results of every process's :meth:`evaluation_batches`, in batch order, on
+        every process (in one process: ``parts`` itself)."""
+        return parts
 
     def close(self) -> None:
         pass
