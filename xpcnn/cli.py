@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 
 from . import data as datasets
 from . import parity as parity_mod
@@ -75,6 +76,14 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    help="run each training step compiled by the backend's own compiler: jax.jit on JAX, one CUDA "
                         "graph per step on torch:cuda (the same step; docs/performance.md).  Default: on for JAX, "
                         "off elsewhere; --no-compile runs JAX eagerly.  With --compare: compile the backends that can")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: mpiexec -n N python scripts/train.py --distributed ... "
+                        "(each rank computes one share of every batch; bitwise the --threads N run; needs "
+                        "xpcnn[mpi], docs/distributed.md)")
+    p.add_argument("--reduction", choices=("gather", "allreduce", "nccl"),
+                   help="with --distributed: how gradients are summed: gather (default; in rank order, bitwise "
+                        "the --threads N run), allreduce (repeatable, not bitwise-equal), nccl (GPU ranks, "
+                        "gradients stay on the GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     return p
 
@@ -138,6 +147,8 @@ def _install_signal_handlers(trainer: Trainer) -> dict:
 
     def handler(signum, frame):
         caught["signal"] = signum
+        if hasattr(trainer.executor, "signal"):  # data-parallel: the ranks agree on which signal
+            trainer.executor.signal = signum
         trainer.stop_requested = True
         signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
 
@@ -148,6 +159,8 @@ def _install_signal_handlers(trainer: Trainer) -> dict:
 
 def _one_line_error(p: argparse.ArgumentParser, message: str) -> int:
     """A missing backend or GPU: one line (no usage block, the flags were fine), status 2."""
+    if getattr(p, "collective", False):  # --distributed: the ranks report their problems together
+        raise _SetupFailed(message)
     print(f"{p.prog}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 
@@ -214,9 +227,17 @@ def _executor(args, backend, compare: bool = False):
 
 
 def train_main(argv=None, prog: str = "train.py") -> int:
-    """``train.py`` / ``xpcnn train``: parse -> Config -> Trainer + extensions -> exit status."""
+    """``train.py`` / ``xpcnn train``: parse -> Config -> Trainer + extensions -> exit status.
+    With ``--distributed`` every MPI rank runs this (:func:`_train_distributed`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _asks_for_distributed(argv):
+        from .training.distributed import run_job
+
+        return run_job(lambda job: _train_distributed(argv, prog, job), prog)
     p = build_parser(prog)
     args = p.parse_args(argv)
+    if args.reduction:
+        p.error("--reduction goes with --distributed")
     _check_args(p, args)
     keep_freed_memory()  # the next step reuses this step's memory (xpcnn.training.hostmem)
     if args.compare:
@@ -252,25 +273,145 @@ def train_main(argv=None, prog: str = "train.py") -> int:
 
 def _train(trainer: Trainer, dataset, args) -> int:
     checkpoint_path = os.path.join(args.out, "checkpoint.npz")
-    print(_header(trainer, dataset, bool(args.resume)), flush=True)
+    main = trainer.is_main  # data-parallel ranks: only the main one prints
+    if main:
+        print(_header(trainer, dataset, bool(args.resume)), flush=True)
     caught = _install_signal_handlers(trainer)
     try:
         trainer.fit(dataset.train, dataset.validation)
     except Diverged as exc:
         last = f"; the last good checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else ""
-        print(f"error: {exc}{last}", file=sys.stderr)
+        if main:
+            print(f"error: {exc}{last}", file=sys.stderr)
         return EXIT_DIVERGED
     except Interrupted as exc:
-        name = signal.Signals(caught.get("signal", signal.SIGINT)).name
-        print(f"\n{name}: {exc}; saved {checkpoint_path}; continue with: "
-              f"python scripts/train.py --resume {checkpoint_path}", file=sys.stderr)
-        return 128 + caught.get("signal", signal.SIGINT)
+        # Data-parallel ranks agreed on the signal (one rank may have got it alone).
+        signum = getattr(trainer.executor, "agreed_signal", 0) or caught.get("signal", signal.SIGINT)
+        if main:
+            print(f"\n{signal.Signals(signum).name}: {exc}; saved {checkpoint_path}; continue with: "
+                  f"python scripts/train.py --resume {checkpoint_path}", file=sys.stderr)
+        return 128 + signum
     except (OSError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IO
-    print(f"wrote {os.path.join(args.out, 'metrics.json')} and {checkpoint_path} "
-          f"({trainer.results['train_seconds']:.1f}s training)")
+    trainer.executor.barrier()  # data-parallel ranks: the main one has written its files
+    if main:
+        print(f"wrote {os.path.join(args.out, 'metrics.json')} and {checkpoint_path} "
+              f"({trainer.results['train_seconds']:.1f}s training)")
     return EXIT_OK
+
+
+# -- --distributed: every MPI rank runs train_main ------------------------------------------------
+
+class _SetupFailed(Exception):
+    """A rank's usage error while the ranks set up (they report together, then all exit 2)."""
+
+
+def _asks_for_distributed(argv) -> bool:
+    """Whether the command line has --distributed (read before the real parse, which then runs
+    with MPI up, so that only rank 0 prints a usage error)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--distributed", action="store_true")
+    try:
+        return pre.parse_known_args(argv)[0].distributed
+    except SystemExit:
+        return False
+
+
+def _train_distributed(argv, prog: str, job) -> int:
+    """``train_main`` on one MPI rank (``job``: :class:`xpcnn.training.distributed.Job`).  Rank 0
+    alone prints; a usage error on any rank while the ranks set up is reported once (naming the
+    rank when only some ranks have it) and every rank exits 2; then the ranks check that they run
+    the same configuration from the same parameters (exit 2 otherwise) and train."""
+    from .training.distributed import DataParallelStep, RankMismatch, rank_device
+
+    p = build_parser(prog)
+    if not job.is_main:  # argparse's messages (usage errors, --help) from rank 0 only
+        p._print_message = lambda message, file=None: None
+    args = p.parse_args(argv)  # the same argv everywhere: every rank fails alike, or none
+    shared = job.share_file(args.resume) if args.resume else None  # rank 0 reads, every rank gets it
+    p.collective = True  # from here p.error raises _SetupFailed
+    p.error = lambda message: (_ for _ in ()).throw(_SetupFailed(message))
+    trainer, problem = None, None
+    try:
+        if args.resume and shared is None:
+            raise _SetupFailed("--resume: rank 0 could not read the checkpoint")  # rank 0 says why
+        args.resume = shared
+        if job.is_main:
+            _check_args(p, args)
+        else:
+            _check_args_but_out(p, args)
+        _check_distributed_args(p, args)
+        keep_freed_memory()
+        config = _config(p, args)
+        name = args.backend or default_backend_name(args.device)
+        try:
+            backend = resolve(name, rank_device(name, args.device, job.local_rank))
+        except BackendError as exc:
+            raise _SetupFailed(str(exc)) from None
+        dataset = _load_data(p, args.data, "--data")
+        if len(dataset.train) == 0:
+            p.error(f"--data: {dataset.source} has no training images (train-images-idx3-ubyte is missing)")
+        evaluation = _load_data(p, args.eval_data, "--eval-data") if args.eval_data else None
+        if evaluation is not None and evaluation.test is None:
+            p.error(f"--eval-data: {args.eval_data} has no test split")
+        final = evaluation.test if evaluation is not None else dataset.validation
+        extensions = standard_extensions(
+            out=args.out, test=final, test_label=f"test ({args.eval_data})" if evaluation is not None else "validation",
+            source=dataset.source, verbose=True, progress=not args.quiet,
+            plot_image=(final or dataset.train).images[0] if args.plot else None)
+        executor = DataParallelStep(job.comm, args.reduction or "gather", args.chunk, local_size=job.local_size)
+        trainer = Trainer(config, backend, executor=executor, extensions=extensions)
+        if args.resume:
+            try:
+                trainer.resume(args.resume)
+            except CheckpointError as exc:
+                p.error(f"--resume: {exc}")
+    except _SetupFailed as exc:
+        problem = str(exc)
+    except (ValueError, OSError) as exc:  # e.g. reduction 'nccl' on a CPU backend
+        problem = str(exc)
+    try:
+        failures = job.gather_failures(problem)
+        if failures:
+            if job.is_main:
+                messages = {message for _, message in failures}
+                rank, message = failures[0]
+                where = "" if len(messages) == 1 and len(failures) == job.size else f"rank {rank}: "
+                print(f"{prog}: error: {where}{message}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            trainer.executor.check_same_run(trainer)
+        except RankMismatch as exc:
+            if job.is_main:
+                print(f"{prog}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.resume and not job.is_main:
+            args.resume = "rank 0's checkpoint"  # (only rank 0 prints the header)
+        return _train(trainer, dataset, args)
+    finally:
+        if trainer is not None:
+            trainer.close()
+
+
+def _check_args_but_out(p, args) -> None:
+    """_check_args on ranks other than 0, which write nothing: --out need not exist on their machine."""
+    out, args.out = args.out, tempfile.gettempdir()
+    try:
+        _check_args(p, args)
+    finally:
+        args.out = out
+
+
+def _check_distributed_args(p, args) -> None:
+    if args.compare:
+        p.error("--compare runs in one process; drop --distributed")
+    if args.threads != 1:
+        p.error("--threads with --distributed: ranks take the cores (one rank per core: mpiexec -n N); drop --threads "
+                "(--chunk still cuts each rank's share, docs/distributed.md)")
+    if args.compile:
+        p.error("--compile with --distributed: the compiled step runs whole batches in one process; drop --compile")
+    args.compile = False  # (JAX compiles by default; the data-parallel step runs eagerly)
 
 
 COMMANDS = {"train": train_main}

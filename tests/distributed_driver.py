@@ -1,0 +1,43 @@
+"""Run under mpiexec by tests/test_distributed.py: the library's data-parallel step driven directly
+(not through train.py), for the failures a command line cannot provoke.
+
+    python distributed_driver.py raise DATA     rank 1 raises at the end of epoch 1 (the job must abort)
+    python distributed_driver.py params DATA    rank 1 starts from other parameters (a RankMismatch)
+"""
+
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from xpcnn import data  # noqa: E402
+from xpcnn.backend import resolve  # noqa: E402
+from xpcnn.training import Config, Lambda, Trainer, build_model  # noqa: E402
+from xpcnn.training.distributed import DataParallelStep, RankMismatch, run_job  # noqa: E402
+
+
+def main(job, mode: str, path: str) -> int:
+    config = Config(epochs=3, batch_size=32, dtype="float64")
+    dataset = data.load(path)
+    # "params": the same configuration, but rank 1's network is initialised from another seed.
+    model = build_model(dataclasses.replace(config, seed=job.rank if mode == "params" else 0))
+
+    def fail(trainer, record):
+        if job.rank == 1:
+            raise RuntimeError("rank 1 failed on purpose after epoch 1")
+
+    with Trainer(config, resolve("numpy"), model, executor=DataParallelStep(job.comm),
+                 extensions=[Lambda(on_epoch_end=fail)] if mode == "raise" else []) as trainer:
+        try:
+            trainer.executor.check_same_run(trainer)
+        except RankMismatch as exc:
+            if job.is_main:
+                print(f"mismatch: {exc}", flush=True)
+            return 2
+        trainer.fit(dataset.train)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_job(lambda job: main(job, sys.argv[1], sys.argv[2]), "distributed_driver.py"))
