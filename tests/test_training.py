@@ -239,7 +239,7 @@ def test_every_preset_and_task_trains_bitwise_the_same_from_python_and_the_cli(t
     cli_metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     lib_metrics = json.loads((tmp_path / "lib" / "metrics.json").read_text())
     assert cli_metrics["final"] == lib_metrics["final"] and cli_metrics["step_losses"] == lib_metrics["step_losses"]
-    assert cli_metrics["config"] == lib_metrics["config"] == dataclasses.asdict(config)
+    assert cli_metrics["config"] == lib_metrics["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
     assert [json.loads(line)["epoch"] for line in (tmp_path / "lib" / "log.jsonl").read_text().splitlines()] == [1, 2]
 
 

@@ -10,8 +10,9 @@ from .config import Config
 
 
 def build_model(config: Config) -> Sequential:
-    """The preset's architecture for the config's task, initialised on the host from ``config.seed``."""
-    return preset_network(config.preset, config.outputs, config.init, config.seed)
+    """The run's network (the ``model`` spec, else the preset's) for the config's images and task,
+    initialised on the host from ``config.seed``."""
+    return preset_network(config.preset, config.outputs, config.init, config.seed, config.image_shape, config.model)
 
 
 def build_loss(config: Config):

@@ -18,8 +18,8 @@ from ..data import TASKS
 from ..init import INITIALISERS
 from ..losses import LOSSES
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
-PRESET_NAMES = ("default", "article")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+PRESET_NAMES = ("default", "article", "lenet5", "vgg")
 
 
 class ConfigError(ValueError):
@@ -70,6 +70,11 @@ class Config:
     train_count: int | None = None  # use only the first N training images (the article: 200)
     shift: int = 2  # augmentation: random translation of each training image by up to this many pixels
     lr_decay: float = 0.8  # the learning rate of epoch e (from 0) is lr * lr_decay ** e
+    model: str | None = None  # a network spec (xpcnn.networks.SPEC_HELP); None: the preset's network
+    image_shape: tuple = (1, 28, 28)  # (C, H, W) of the images: the data's
+    classes: int = 10  # K, the number of classes: the data's
+    normalize: bool = False  # scale each channel by the training split's mean and std
+    weight_decay: float = 0.0  # L2 (sgd, momentum, adam) or decoupled (adamw)
 
     def __post_init__(self):
         _choice("preset", self.preset, PRESET_NAMES)
@@ -93,6 +98,21 @@ class Config:
         self.lr_decay = _number("lr_decay", self.lr_decay)
         if not 0 < self.lr_decay <= 1:
             raise ConfigError("lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise ConfigError("model", f"must be a network spec (a string), got {self.model!r}")
+        if (not isinstance(self.image_shape, (tuple, list)) or len(self.image_shape) != 3
+                or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096 for v in self.image_shape)):
+            raise ConfigError("image_shape", f"must be (channels, height, width), each in 1..4096, got {self.image_shape!r}")
+        self.image_shape = tuple(self.image_shape)
+        _integer("classes", self.classes, 2, 100_000)
+        if self.task == "binary" and self.classes != 10:
+            raise ConfigError("task", f"binary (digit > 4, the article's task) needs the 10 MNIST classes, "
+                                      f"the data has {self.classes}; use multiclass")
+        if not isinstance(self.normalize, bool):
+            raise ConfigError("normalize", f"must be true or false, got {self.normalize!r}")
+        self.weight_decay = _number("weight_decay", self.weight_decay)
+        if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1):
+            raise ConfigError("weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         # The task -> loss rule: ten logits take softmax cross-entropy, one sigmoid output BCE or MSE.
         if self.task == "multiclass":
             self.loss = "softmax_ce"
@@ -101,8 +121,8 @@ class Config:
 
     @property
     def outputs(self) -> int:
-        """Width of the network's last layer: one sigmoid output (binary) or ten logits."""
-        return 1 if self.task == "binary" else 10
+        """Width of the network's last layer: one sigmoid output (binary) or K logits."""
+        return 1 if self.task == "binary" else self.classes
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of epoch ``epoch`` (from 0): lr * lr_decay ** epoch."""
@@ -118,10 +138,11 @@ class Config:
         for key in values:
             if key not in names:
                 raise ConfigError(str(key), "is not a configuration field")
-        for name in names:
-            if name not in values:
+        defaults = {"model": None, "image_shape": (1, 28, 28), "classes": 10, "normalize": False, "weight_decay": 0.0}
+        for name in names:  # round-1 records lack the fields added since; they take MNIST's values
+            if name not in values and name not in defaults:
                 raise ConfigError(name, "is missing")
-        return cls(**values)
+        return cls(**{**defaults, **values})
 
 
 PRESETS = {
@@ -131,6 +152,11 @@ PRESETS = {
     # dense 1728 -> 1, sigmoid, 1/2 squared error, plain gradient descent, U[0, 1) initialisation.
     "article": Config(preset="article", task="binary", epochs=20, batch_size=200, lr=0.1, optimizer="sgd",
                       momentum=0.0, loss="mse", init="uniform", train_count=200, shift=0, lr_decay=1.0),
+    # LeNet-5 adapted (xpcnn.networks): conv 6, conv 16, dense 120, 84, K; tuned on the embedded digits
+    "lenet5": Config(preset="lenet5", epochs=20, batch_size=64, lr=0.05, lr_decay=0.85),
+    # a small VGG for 3x32x32 (CIFAR-10-like): two conv blocks with batch norm, dense 128, dropout
+    "vgg": Config(preset="vgg", image_shape=(3, 32, 32), epochs=20, batch_size=64, optimizer="adam", lr=1e-3,
+                  lr_decay=0.9, normalize=True, weight_decay=5e-4),
 }
 
 
