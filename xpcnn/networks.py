@@ -52,6 +52,8 @@ def preset_network(preset: str, outputs: int, init: str, seed, image_shape: tupl
     """The network of a run: the ``model`` spec when given (:func:`parse_spec`), else the named
     preset's architecture; checked against ``image_shape`` by shape inference."""
     if model is not None:
+        if model.lstrip().startswith("["):
+            return architecture_network(model, image_shape, outputs, init, seed)
         return parse_spec(model, image_shape, outputs, init, seed)
     if preset in ("default", "article"):
         if tuple(image_shape) != IMAGE_SHAPE:
@@ -159,6 +161,44 @@ def parse_spec(spec: str, image_shape: tuple, outputs: int, init: str = "he", se
     if shape != (outputs,):
         raise SpecError(f"the network ends in shape {shape}; the task needs {outputs} output(s)"
                         + (" (end the spec with 'dense')" if len(shape) == 1 else " (end it with 'flatten-dense')"))
+    return Sequential(*layers)
+
+
+def architecture_network(architecture, image_shape: tuple, outputs: int, init: str = "he", seed=0) -> Sequential:
+    """A network from layer configs as checkpoints store them (``Sequential.config()``: a JSON list of
+    ``{"type": "Conv2D", "in_channels": 1, ...}``), initialised from ``seed`` like a spec; checked by
+    shape inference.  Raises :class:`SpecError` naming the layer."""
+    import inspect
+    import json
+
+    from .layers import LAYER_TYPES as types  # (with Dropout and BatchNorm, which xpcnn.model registers)
+
+    if isinstance(architecture, str):
+        try:
+            architecture = json.loads(architecture)
+        except ValueError as exc:
+            raise SpecError(f"the architecture is not valid JSON ({exc})") from None
+    if not isinstance(architecture, list) or not architecture or not all(isinstance(e, dict) for e in architecture):
+        raise SpecError("the architecture must be a non-empty JSON list of layer records ({\"type\": ...})")
+    rng, layers, shape = as_generator(seed), [], tuple(image_shape)
+    for index, entry in enumerate(architecture):
+        entry = dict(entry)
+        kind = entry.pop("type", None)
+        where = f"layer {index} ({kind})"
+        if kind not in types:
+            raise SpecError(f"{where}: unknown layer type; choose one of {', '.join(sorted(types))}")
+        accepted = inspect.signature(types[kind]).parameters
+        if "rng" in accepted:
+            entry.setdefault("rng", rng)
+            entry.setdefault("init", "glorot" if kind == "Dense" and init == "he" else init)
+        try:
+            layer = types[kind](**entry)
+            shape = layer.infer_shape(shape)
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"{where}: {exc}") from None
+        layers.append(layer)
+    if shape != (outputs,):
+        raise SpecError(f"the network ends in shape {shape}; the task needs {outputs} output(s)")
     return Sequential(*layers)
 
 
