@@ -15,6 +15,9 @@ timings synchronise the device before the clock is read.  On NumPy it also times
 with each batch run as pieces of --chunk images, and over --threads threads (xpcnn.training.executors).
 PyTorch uses every core by default; --torch-threads 1 (or 1,2,...) adds PyTorch rows held to
 that many threads and prints each xpcnn CPU row against them: the per-core comparison.
+--ranks 2 (or 2,4,...) adds xpcnn on NumPy data-parallel over that many MPI ranks, and over one,
+each run by mpiexec from here after the in-process rows (xpcnn.benchmark_ranks), with the scaling
+efficiency against one rank and the gradient exchange per step.
 Before timing it sets OPENBLAS_THREAD_TIMEOUT and glibc's malloc thresholds (xpcnn.training.hostmem)
 for every implementation alike; the JSON records both.
 
@@ -41,7 +44,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from xpcnn import benchmark  # noqa: E402
+from xpcnn import benchmark, benchmark_ranks  # noqa: E402
 from xpcnn.backend import available  # noqa: E402
 from xpcnn.benchmark import SPECS, machine, run, scale_check  # noqa: E402
 from xpcnn.files import check_writable_file, write_json  # noqa: E402
@@ -82,6 +85,10 @@ def main(argv=None) -> int:
                         help="also time PyTorch on the CPU held to each of these intra-op thread counts "
                              "(the per-core comparison; the xpcnn/pytorch column stays against PyTorch's "
                              "default, all cores)")
+    parser.add_argument("--ranks", default="", metavar="N[,M...]",
+                        help="also time xpcnn on NumPy data-parallel over each of these numbers of MPI ranks "
+                             "(mpiexec -n N, xpcnn.training.distributed; with --chunk pieces inside each rank), "
+                             "plus one rank for the scaling efficiency; needs xpcnn[mpi]")
     parser.add_argument("--scale", action="store_true",
                         help="also time numpy on 5,000 and 60,000 images (linear-scaling check)")
     parser.add_argument("--im2col", choices=Conv2D.IM2COL, default="auto",
@@ -111,6 +118,14 @@ def main(argv=None) -> int:
         parser.error(f"--torch-threads must be >= 1, got {args.torch_threads!r}")
     if torch_threads and importlib.util.find_spec("torch") is None:
         parser.error("--torch-threads needs PyTorch: pip install torch")
+    try:
+        ranks = [int(n) for n in args.ranks.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--ranks takes comma-separated integers, got {args.ranks!r}")
+    if ranks and min(ranks) < 1:
+        parser.error(f"--ranks must be >= 1, got {args.ranks!r}")
+    if ranks and (importlib.util.find_spec("mpi4py") is None or benchmark_ranks.find_mpiexec() is None):
+        parser.error("--ranks needs mpi4py and mpiexec: pip install 'xpcnn[mpi]'")
     # Check what would fail at the end before spending minutes on timings.
     problem = check_writable_file(args.out)
     if problem:
@@ -132,7 +147,11 @@ def main(argv=None) -> int:
             for batch in batch_sizes:
                 result = run("bench", batch, filters, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,
                              chunk=args.chunk or None, naive=(batch == batch_sizes[0]), torch_threads=torch_threads)
+                if ranks:
+                    benchmark_ranks.add_rank_rows(result, ranks, args.chunk or None)
                 print_table(result)
+                for line in benchmark_ranks.format_rank_rows(result):
+                    print(line)
                 report["results"].append(result)
     if args.scale:
         report["scale"] = scale_check(args.dtype, args.repeats)

@@ -179,6 +179,15 @@ def test_n_ranks_bitwise_equal_threads_n_and_close_to_plain(mpi, small, referenc
     assert metrics(tmp_path / "d")["final"]["accuracy"] == metrics(reference / f"threads{ranks}")["final"]["accuracy"]
 
 
+def test_allreduce_reduction_is_the_plain_run_up_to_rounding(mpi, small, reference, tmp_path):
+    code, out, err = run(mpi, 2, dflags(small, tmp_path / "a", "--reduction", "allreduce"))
+    assert code == 0, out + err
+    assert "data-parallel over 2 MPI ranks, Allreduce" in out
+    plain = arrays(reference / "plain")
+    for key, value in arrays(tmp_path / "a").items():
+        np.testing.assert_allclose(value, plain[key], rtol=1e-12, atol=1e-15, err_msg=key)
+
+
 def test_resume_with_any_rank_count_without_a_shared_filesystem(mpi, small, reference, tmp_path):
     first = tmp_path / "first"
     code, out, err = run(mpi, 2, dflags(small, first, "--epochs", "1"))

@@ -150,6 +150,9 @@ class DataParallelStep(StepExecutor):
         self.signal = 0  # set by a signal handler (the CLI's): which signal asked to stop
         self.agreed_signal = 0  # after should_stop said True: the largest signal number any rank got
         self.comm_seconds, self.comm_steps = 0.0, 0  # time spent in the reduction, for bench.py
+        # bench.py: a barrier before each reduction, so that comm_seconds holds the exchange alone,
+        # not the wait for a slower rank (it costs a few microseconds a step; off in training).
+        self.timing_barrier = False
         self._flag, self._flags = np.zeros(1, np.int32), np.zeros(1, np.int32)
         self.local = None
         self.nccl = None
@@ -224,13 +227,16 @@ class DataParallelStep(StepExecutor):
         return loss
 
     def _reduce_on_host(self, loss, used: int):
-        send = self.send
+        send, packing = self.send, time.perf_counter()
         if loss is None:
             send[:] = 0
         else:
             for index, name, shape, offset, size in self.layout:
                 send[offset:offset + size] = to_numpy(self.model.layers[index].grads[name]).reshape(-1)
             send[-1] = to_numpy(loss)
+        packed = time.perf_counter()
+        if self.timing_barrier:
+            self.comm.Barrier()
         started = time.perf_counter()
         if self.reduction == "allreduce":
             total = np.empty_like(send)
@@ -240,12 +246,14 @@ class DataParallelStep(StepExecutor):
             total = self.recv[0].copy() if used == 1 else self.recv[0] + self.recv[1]
             for row in range(2, used):  # left fold in rank order: ((g0 + g1) + g2) + ...
                 total += self.recv[row]
-        self.comm_seconds += time.perf_counter() - started
-        self.comm_steps += 1
         # `total` is new every step: the layers (and the optimizer's state) may keep views of it.
         self._set_grads([from_numpy(total[offset:offset + size].reshape(shape), self.backend)
                          for _, _, shape, offset, size in self.layout])
-        return from_numpy(np.asarray(total[-1]), self.backend)
+        loss = from_numpy(np.asarray(total[-1]), self.backend)
+        exchanged = time.perf_counter()
+        self.comm_seconds += (packed - packing) + (exchanged - started)  # pack, exchange, sum, unpack
+        self.comm_steps += 1
+        return loss
 
     def _set_grads(self, values) -> None:
         grads = {}
