@@ -90,3 +90,91 @@ def test_optimizers_step_a_single_layer(backend):
     _one_step(layer, SGD(lr=0.5), backend)
     for name, value in layer.params.items():
         np.testing.assert_allclose(to_numpy(value), before[name] - 0.5 * to_numpy(layer.grads[name]), rtol=1e-15)
+
+
+# -- weight decay -----------------------------------------------------------------------------
+def _torch_twin(model, torch):
+    w = torch.tensor(model.layers[0].params["weight"], requires_grad=True)
+    b = torch.tensor(model.layers[0].params["bias"], requires_grad=True)
+    return w, b
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam", "adamw", "adamw-default"])
+def test_weight_decay_matches_torch(kind):
+    """L2 weight decay (SGD, momentum, Adam) and decoupled AdamW against torch.optim over six
+    steps with a learning-rate change half way (AdamW's 1 - lr wd follows it): float64 to 1e-12."""
+    torch = pytest.importorskip("torch")
+    from xpcnn.optim import AdamW
+
+    model = Sequential(Dense(3, 2, rng=1))
+    w, b = _torch_twin(model, torch)
+    if kind in ("sgd", "momentum"):
+        momentum = 0.9 if kind == "momentum" else 0.0
+        optimizer = SGD(lr=0.1, momentum=momentum, weight_decay=0.05)
+        reference = torch.optim.SGD([w, b], lr=0.1, momentum=momentum, weight_decay=0.05)
+    elif kind == "adam":
+        optimizer = Adam(lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.1)
+        reference = torch.optim.Adam([w, b], lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.1)
+    elif kind == "adamw":
+        optimizer = AdamW(lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.3)
+        reference = torch.optim.AdamW([w, b], lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.3)
+    else:
+        optimizer, reference = AdamW(lr=0.01), torch.optim.AdamW([w, b], lr=0.01)
+        assert optimizer.weight_decay == reference.defaults["weight_decay"] == 0.01
+    for step in range(6):
+        if step == 3:
+            optimizer.lr /= 2
+            for group in reference.param_groups:
+                group["lr"] /= 2
+        _one_step(model, optimizer, model.backend, rng_seed=step)
+        rng = np.random.default_rng(step)
+        x = torch.tensor(rng.standard_normal((4, 3)))
+        y = torch.tensor(rng.standard_normal((4, 2)))
+        reference.zero_grad()
+        (0.5 * ((x @ w + b - y) ** 2).sum() / 4).backward()
+        reference.step()
+    np.testing.assert_allclose(model.layers[0].params["weight"], w.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(model.layers[0].params["bias"], b.detach().numpy(), rtol=1e-12)
+
+
+def test_weight_decay_on_every_backend(backend):
+    """One SGD step with weight decay: new = old - lr (grad + wd old), on every backend."""
+    model = Sequential(Dense(3, 2, rng=1)).to(backend, dtype="float64")
+    before = model.state_dict()
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((4, 3)), "float64")
+    y = backend.asarray(rng.standard_normal((4, 2)), "float64")
+    loss = MSELoss()
+    loss(model(x), y)
+    model.backward(loss.backward())
+    grads = {k: to_numpy(v) for k, v in model.grads.items()}
+    SGD(lr=0.5, weight_decay=0.1).step(model)
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(value, before[name] - 0.5 * (grads[name] + 0.1 * before[name]), rtol=1e-14)
+
+
+def test_decay_filter_exempts_parameters():
+    """``decay_filter`` keeps weight decay off the parameters it rejects (here: biases): their
+    update is the one without weight decay, the others' the one with it."""
+    from xpcnn.optim import AdamW
+
+    rng = np.random.default_rng(3)
+    param, grad = rng.standard_normal(5), rng.standard_normal(5)
+    for make in (lambda **k: SGD(lr=0.1, momentum=0.9, **k), lambda **k: Adam(lr=0.01, **k),
+                 lambda **k: AdamW(lr=0.01, **k)):
+        plain, decayed = make(weight_decay=0.0), make(weight_decay=0.5)
+        filtered = make(weight_decay=0.5, decay_filter=lambda name: not name.endswith("bias"))
+        for optimizer in (plain, decayed, filtered):
+            optimizer.steps = 1
+        for name, like in (("3.bias", plain), ("3.weight", decayed)):
+            got, _ = filtered.update_named(name, param, grad, {}, filtered.scalars())
+            want, _ = like.update_named(name, param, grad, {}, like.scalars())
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        assert not np.array_equal(decayed.update(param, grad, {}, decayed.scalars())[0],
+                                  plain.update(param, grad, {}, plain.scalars())[0])
+
+
+@pytest.mark.parametrize("wd", [-0.1, float("inf"), "0.1", True])
+def test_bad_weight_decay(wd):
+    with pytest.raises(ValueError, match="weight_decay must be a number >= 0"):
+        SGD(lr=0.1, weight_decay=wd)
