@@ -324,3 +324,21 @@ def test_nccl_reduction_equals_host_gather_on_gpus(mpi, small, tmp_path):
     code, out, err = run(mpi, 2, [*base, "--reduction", "nccl", "--out", str(tmp_path / "nccl")])
     assert code == 0, out + err
     assert_same_run(tmp_path / "nccl", tmp_path / "host")
+
+
+def test_bench_rank_rows_time_the_ranks_and_compare_them(mpi, monkeypatch):
+    from xpcnn import benchmark_ranks
+
+    record = benchmark_ranks.run_ranks(2, "article", 200, 3, "float32", 1, None)  # a real 2-rank job
+    assert record["ranks"] == 2 and record["epoch_s"] > 0 and record["comm_us_per_step"] > 0
+    assert record["comm_bytes_per_step"] == 2 * 4 * (record["parameters"] + 1)  # float32, every rank's vector
+    fake = {1: 0.4, 2: 0.25}
+    monkeypatch.setattr(benchmark_ranks, "run_ranks", lambda n, *args: dict(
+        record, ranks=n, epoch_s=fake[n], images=4500, comm_us_per_step=50.0, steps_per_epoch=36))
+    result = {"workload": "bench", "batch": 128, "filters": 8, "dtype": "float32", "repeats": 1,
+              "rows": [{"spec": "torch-native:cpu", "epoch_s": 0.3}]}
+    rows = benchmark_ranks.add_rank_rows(result, [2], 64)
+    assert [row["ranks"] for row in rows] == [1, 2]
+    assert rows[1]["speed_vs_pytorch"] == pytest.approx(1.2) and rows[1]["speedup_vs_one_rank"] == pytest.approx(1.6)
+    assert rows[1]["scaling_efficiency"] == pytest.approx(0.8) and rows[1]["images_per_s"] == pytest.approx(18000)
+    assert "1.60x one rank (scaling efficiency 80%), gradient exchange 50 us" in benchmark_ranks.format_rank_rows(result)[1]

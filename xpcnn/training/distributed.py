@@ -354,6 +354,10 @@ class _NcclGather:
         self.cupy, self.nccl_module, self.backend, self.count = cupy, nccl, backend, count
         index = backend.device.id if backend.name == "cupy" else (backend.device.index or 0)
         self.device = cupy.cuda.Device(index)
+        places = comm.allgather((os.uname().nodename, self.device.pci_bus_id))
+        if len(set(places)) != len(places):  # NCCL refuses two ranks of one communicator on one GPU
+            raise ValueError("reduction 'nccl' needs one GPU per rank; these ranks share GPUs: "
+                             f"{places}; use the default reduction (through the host) to share GPUs")
         uid = nccl.get_unique_id() if comm.rank == 0 else None
         uid = comm.bcast(uid, root=0)
         with self.device:
