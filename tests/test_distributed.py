@@ -219,8 +219,9 @@ def test_resume_with_any_rank_count_without_a_shared_filesystem(mpi, small, refe
     assert not os.listdir(tmp_path / "elsewhere")
 
 
-@pytest.mark.parametrize("target", ["mpiexec", "rank 1"])
-def test_sigterm_stops_every_rank_at_one_step_with_a_resumable_checkpoint(mpi, small, tmp_path, target):
+@pytest.mark.parametrize("target,signum", [("mpiexec", signal.SIGTERM), ("rank 1", signal.SIGTERM),
+                                           ("mpiexec", signal.SIGINT)])
+def test_a_signal_stops_every_rank_at_one_step_with_a_resumable_checkpoint(mpi, small, tmp_path, target, signum):
     tag = uuid.uuid4().hex
     out_dir = tmp_path / "run"
     args = ["--distributed", "--data", small, "--epochs", "40", "--batch-size", "20", "--dtype", "float64",
@@ -230,10 +231,10 @@ def test_sigterm_stops_every_rank_at_one_step_with_a_resumable_checkpoint(mpi, s
     while not line.startswith("epoch   2/40"):
         assert line, process.stderr.read()
         line = process.stdout.readline()
-    os.kill(process.pid if target == "mpiexec" else rank_pid(tag, 1), signal.SIGTERM)
+    os.kill(process.pid if target == "mpiexec" else rank_pid(tag, 1), signum)
     code, out, err = finish(process, timeout=30)
-    assert code == 143, out + err
-    assert err.count("SIGTERM: interrupted at epoch") == 1 and "Traceback" not in err, err
+    assert code == 128 + signum, out + err
+    assert err.count(f"{signum.name}: interrupted at epoch") == 1 and "Traceback" not in err, err
     saved = read_checkpoint(str(out_dir / "checkpoint.npz"))
     assert saved.epoch >= 2
     code, out, err = run(mpi, 2, ["--resume", str(out_dir / "checkpoint.npz"), *args[:3], "--epochs",
