@@ -51,7 +51,7 @@ def floor_epoch(weights: dict, images, labels, batches, filters: int):
 
     def step(index):
         n = len(index)
-        np.divide(images[index][:, None], np.float32(255), out=x[:n])
+        np.divide(images[index], np.float32(255), out=x[:n])
         patches = cols[:n, :25].reshape(n, 5, 5, 24, 24)
         for i in range(5):
             for j in range(5):

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     train = data.load_embedded().train.take(args.batch)
-    x = train.images[:, None].astype(np.float64) / 255.0
+    x = train.images.astype(np.float64) / 255.0
     y = data.task_targets(train.labels, "binary")
     model = network(args.seed)
     reference = finite_difference_filter_grad(model, x, y, normalise=False)

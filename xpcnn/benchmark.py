@@ -107,7 +107,7 @@ def torch_epoch(device, workload, images, targets, batch, filters, dtype, thread
 
     def train_epoch():
         for index in batches:
-            x = torch.from_numpy(images[index][:, None]).to(device).to(tdtype) / 255.0
+            x = torch.from_numpy(images[index]).to(device).to(tdtype) / 255.0
             y = torch.from_numpy(targets[index]).to(device)
             y = y.to(tdtype) if y.is_floating_point() else y
             optimizer.zero_grad(set_to_none=True)
@@ -132,7 +132,7 @@ def naive_epoch_seconds(workload, images, targets, filters, subset) -> float:
     lr = 0.1
     started = time.perf_counter()
     for n in range(subset):
-        image = images[n] / 255.0
+        image = images[n, 0] / 255.0
         z1 = np.zeros((k, 24, 24))
         for c in range(k):
             for i in range(24):

@@ -27,9 +27,22 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def plot_run(trainer, metrics: dict, digit: np.ndarray, out: str) -> list[str]:
+def _as_picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """One (C, H, W) image for imshow: 3 channels as RGB (scaled to [0, 1] unless uint8), otherwise
+    the first channel in grey."""
+    if image.ndim == 3 and image.shape[0] == 3:
+        rgb = image.transpose(1, 2, 0)
+        if rgb.dtype != np.uint8:
+            low, high = float(rgb.min()), float(rgb.max())
+            rgb = (rgb - low) / (high - low) if high > low else np.zeros_like(rgb)
+        return rgb, None
+    return (image[0] if image.ndim == 3 else image), "gray"
+
+
+def plot_run(trainer, metrics: dict, digit: np.ndarray, out: str, normalize=None) -> list[str]:
     """curves.png (loss and validation accuracy), filters.png (first conv layer),
-    feature_maps.png (first conv layer's output for one digit)."""
+    feature_maps.png (first conv layer's output for one image (C, H, W), normalised with
+    ``normalize`` as in training)."""
     plt = _pyplot()
     history = metrics["history"]
     epochs = [h["epoch"] for h in history]
@@ -46,27 +59,32 @@ def plot_run(trainer, metrics: dict, digit: np.ndarray, out: str) -> list[str]:
     paths = [_save(fig, os.path.join(out, "curves.png"))]
 
     conv = trainer.model.layers[0]
-    filters = to_numpy(conv.params["weight"])[:, 0]
+    weights = to_numpy(conv.params["weight"])  # (K, C, kh, kw)
+    filters = weights[:, 0] if weights.shape[1] != 3 else weights
     columns = min(8, len(filters))
     rows = -(-len(filters) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, kernel in zip(axes.flat, filters):
-        ax.imshow(kernel, cmap="RdBu_r", vmin=-np.abs(kernel).max(), vmax=np.abs(kernel).max())
+        if kernel.ndim == 3:  # an RGB filter, scaled to [0, 1]
+            ax.imshow(_as_picture(kernel)[0])
+        else:
+            ax.imshow(kernel, cmap="RdBu_r", vmin=-np.abs(kernel).max(), vmax=np.abs(kernel).max())
     fig.suptitle("learned filters f (first conv layer)")
     paths.append(_save(fig, os.path.join(out, "filters.png")))
 
-    maps = to_numpy(conv(to_batch(digit[None], trainer.backend, trainer.config.dtype)))[0]
+    maps = to_numpy(conv(to_batch(digit[None], trainer.backend, trainer.config.dtype, normalize)))[0]
     fig, axes = plt.subplots(rows, columns + 1, figsize=(1.3 * (columns + 1), 1.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes[0, 0].imshow(digit, cmap="gray")
+    picture, cmap = _as_picture(digit)
+    axes[0, 0].imshow(picture, cmap=cmap)
     axes[0, 0].set_title("X", fontsize=8)
     for index, fmap in enumerate(maps):
         ax = axes[index // columns, 1 + index % columns]
         ax.imshow(fmap, cmap="viridis")
-    fig.suptitle("feature maps Z1 = X * f of one digit")
+    fig.suptitle("feature maps Z1 = X * f of one image")
     paths.append(_save(fig, os.path.join(out, "feature_maps.png")))
     return paths
 
