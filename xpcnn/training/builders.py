@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..losses import LOSSES
 from ..model import Sequential
 from ..networks import preset_network
-from ..optim import SGD, Adam
+from ..optim import SGD, Adam, AdamW
 from .config import Config
 
 
@@ -20,6 +20,11 @@ def build_loss(config: Config):
 
 
 def build_optimizer(config: Config):
+    """sgd, momentum, adam (weight decay as L2) or adamw (decoupled), with the config's weight decay
+    on every parameter."""
+    decay = config.weight_decay
     if config.optimizer == "adam":
-        return Adam(config.lr)
-    return SGD(config.lr, momentum=config.momentum if config.optimizer == "momentum" else 0.0)
+        return Adam(config.lr, weight_decay=decay)
+    if config.optimizer == "adamw":
+        return AdamW(config.lr, weight_decay=decay)
+    return SGD(config.lr, momentum=config.momentum if config.optimizer == "momentum" else 0.0, weight_decay=decay)

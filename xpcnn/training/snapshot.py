@@ -23,7 +23,7 @@ from .builders import build_model
 from .config import Config, ConfigError
 
 HISTORY_KEYS = ("epoch", "loss", "val_loss", "val_accuracy", "images_per_s", "seconds")
-OPTIMIZER_SLOTS = {"sgd": (), "momentum": ("velocity",), "adam": ("m", "v")}
+OPTIMIZER_SLOTS = {"sgd": (), "momentum": ("velocity",), "adam": ("m", "v"), "adamw": ("m", "v")}
 
 
 @dataclass
