@@ -83,3 +83,71 @@ def test_losses_match_torch(cpu_backend, rng):
         value = loss(cpu_backend.asarray(output, "float64"), cpu_backend.asarray(y, None if y.dtype.kind == "i" else "float64"))
         assert float(to_numpy(value)) == pytest.approx(float(tvalue.detach()), rel=1e-12)
         np.testing.assert_allclose(to_numpy(loss.backward()), to.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+# -- regularisation layers (xpcnn.regularization) ----------------------------------------------------
+@pytest.mark.parametrize("kind,shape,eps,momentum", [("2d", (4, 3, 5, 6), 1e-5, 0.1), ("2d", (2, 2, 3, 3), 1e-3, 0.35),
+                                                      ("1d", (8, 5), 1e-5, 0.1), ("1d", (3, 4), 0.01, 0.9)])
+def test_batchnorm_matches_torch(cpu_backend, rng, kind, shape, eps, momentum):
+    """Three training steps (outputs, input/gamma/beta gradients, running mean and unbiased running
+    variance after each), then inference with the running statistics: torch.nn.BatchNorm1d/2d."""
+    from xpcnn import Sequential
+    from xpcnn.regularization import BatchNorm1D, BatchNorm2D
+
+    channels = shape[1]
+    layer = (BatchNorm2D if kind == "2d" else BatchNorm1D)(channels, eps=eps, momentum=momentum)
+    reference = (torch.nn.BatchNorm2d if kind == "2d" else torch.nn.BatchNorm1d)(channels, eps=eps, momentum=momentum)
+    reference = reference.double()
+    gamma, beta = rng.uniform(0.5, 2.0, channels), rng.standard_normal(channels)
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(gamma))
+        reference.bias.copy_(torch.tensor(beta))
+    layer.params = {"weight": gamma.copy(), "bias": beta.copy()}
+    model = Sequential(layer).to(cpu_backend, dtype="float64")
+    reference.train()
+    for step in range(3):
+        x = rng.standard_normal(shape) * (step + 1) + step
+        grad_out = rng.standard_normal(shape)
+        tx = torch.tensor(x, requires_grad=True)
+        reference.zero_grad()
+        tout = reference(tx)
+        tout.backward(torch.tensor(grad_out))
+        out = model(cpu_backend.asarray(x, "float64"))
+        grad_in = model.backward(cpu_backend.asarray(grad_out, "float64"))
+        np.testing.assert_allclose(to_numpy(out), tout.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(grad_in), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(layer.grads["weight"]), reference.weight.grad.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(layer.grads["bias"]), reference.bias.grad.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(layer.buffers["running_mean"]), reference.running_mean.numpy(), rtol=1e-12,
+                                   atol=1e-14)
+        np.testing.assert_allclose(to_numpy(layer.buffers["running_var"]), reference.running_var.numpy(), rtol=1e-12)
+    reference.eval()
+    x = rng.standard_normal(shape)
+    with model.inference():
+        out = model(cpu_backend.asarray(x, "float64"))
+    with torch.no_grad():
+        np.testing.assert_allclose(to_numpy(out), reference(torch.tensor(x)).numpy(), rtol=1e-12, atol=1e-12)
+    state = model.state_dict()
+    np.testing.assert_allclose(state["0.running_var"], reference.state_dict()["running_var"].numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
+def test_dropout_matches_the_masked_formula(cpu_backend, rng, p):
+    """torch's dropout draws its own masks, so the reference is x * mask / (1 - p) with the same mask
+    (noise >= p) through torch.autograd; in eval mode torch's Dropout and ours are both the identity."""
+    from xpcnn import Sequential
+    from xpcnn.regularization import Dropout
+
+    x, noise, grad_out = rng.standard_normal((6, 3, 4)), rng.random((6, 3, 4)), rng.standard_normal((6, 3, 4))
+    tx = torch.tensor(x, requires_grad=True)
+    tout = tx * torch.tensor(noise >= p, dtype=torch.float64) / (1 - p)
+    tout.backward(torch.tensor(grad_out))
+    model = Sequential(Dropout(p)).to(cpu_backend, dtype="float64")
+    model.set_noise({"0.noise": cpu_backend.asarray(noise, "float64")})
+    out = model(cpu_backend.asarray(x, "float64"))
+    np.testing.assert_allclose(to_numpy(out), tout.detach().numpy(), rtol=1e-15)
+    np.testing.assert_allclose(to_numpy(model.backward(cpu_backend.asarray(grad_out, "float64"))), tx.grad.numpy(),
+                               rtol=1e-15)
+    with model.inference():
+        np.testing.assert_array_equal(to_numpy(model(cpu_backend.asarray(x, "float64"))),
+                                      torch.nn.Dropout(p).eval()(torch.tensor(x)).numpy())

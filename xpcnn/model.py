@@ -7,6 +7,7 @@ import contextlib
 
 from .backend import Backend, backend_of, dtype_name, resolve, to_numpy, transfer
 from .layers import LAYER_TYPES, Conv2D, Dense, Layer
+from . import regularization  # noqa: F401,E402  (adds Dropout, BatchNorm1D/2D to LAYER_TYPES)
 
 
 class StateDictError(ValueError):
@@ -75,6 +76,54 @@ class Sequential(Layer):
         layer, name = self._owner(qualified)
         layer.set_parameter(name, value)
 
+    # -- buffers and noise (xpcnn.regularization) ----------------------------------
+    def named_buffers(self):
+        """(name, array) pairs of the layers' buffers -- state that is not a parameter, such as
+        BatchNorm's running statistics (``"3.running_mean"``): in :meth:`state_dict`, no gradient,
+        no optimizer.  A layer has buffers when it has a ``buffers`` dict."""
+        for index, layer in enumerate(self.layers):
+            for name, value in getattr(layer, "buffers", {}).items():
+                yield f"{index}.{name}", value
+
+    def set_buffer(self, qualified: str, value) -> None:
+        """Replace (never mutate) one buffer."""
+        layer, name = self._owner(qualified)
+        layer.set_buffer(name, value)
+
+    def noise_shapes(self, batch: int, input_shape: tuple) -> dict:
+        """``{"<index>.noise": shape}`` of every layer that needs random noise in a training forward
+        (Dropout with p > 0), for a batch of ``batch`` inputs of per-example shape ``input_shape``
+        (the shapes come from shape inference), in layer order; {} when none does."""
+        shapes, shape = {}, tuple(input_shape)
+        for index, layer in enumerate(self.layers):
+            wants = getattr(layer, "noise_shape", None)
+            if wants is not None:
+                layer.where = f"layer {index}"
+                per_example = wants(shape)
+                if per_example is not None:
+                    shapes[f"{index}.noise"] = (batch, *per_example)
+            try:
+                shape = layer.infer_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {index} ({exc})") from None
+        return shapes
+
+    def set_noise(self, noise: dict) -> None:
+        """Hand each layer named in ``noise`` (names from :meth:`noise_shapes`) its array of U[0, 1)
+        uniforms for the next training forward, on the model's device and in its dtype
+        (:func:`xpcnn.training.noise.draw_noise` draws them on the host)."""
+        for qualified, value in noise.items():
+            index, _, name = qualified.partition(".")
+            layer = self.layers[int(index)] if index.isdigit() and int(index) < len(self.layers) else None
+            if name != "noise" or not hasattr(layer, "set_noise"):
+                raise ValueError(f"set_noise: {qualified!r} names no layer that takes noise "
+                                 f"(those that do: {', '.join(self._noise_names()) or 'none'})")
+            layer.where = f"layer {index}"
+            layer.set_noise(value)
+
+    def _noise_names(self) -> list[str]:
+        return [f"{index}.noise" for index, layer in enumerate(self.layers) if hasattr(layer, "set_noise")]
+
     @property
     def params(self):
         return dict(self.named_parameters())
@@ -127,13 +176,14 @@ class Sequential(Layer):
         return cls(*layers)
 
     def state_dict(self) -> dict:
-        """Parameters as host NumPy arrays under their stable names."""
-        return {name: to_numpy(value).copy() for name, value in self.named_parameters()}
+        """Parameters and buffers as host NumPy arrays under their stable names."""
+        return {name: to_numpy(value).copy() for name, value in (*self.named_parameters(), *self.named_buffers())}
 
     def load_state_dict(self, state: dict) -> None:
         """Load host (or any backend's) arrays.  Everything is checked first; on any
         missing or extra name, wrong shape or wrong dtype nothing changes."""
-        current = dict(self.named_parameters())
+        buffers = dict(self.named_buffers())
+        current = {**dict(self.named_parameters()), **buffers}
         problems = [f"missing: {name}" for name in current if name not in state]
         problems += [f"unexpected: {name}" for name in state if name not in current]
         for name, value in current.items():
@@ -149,7 +199,7 @@ class Sequential(Layer):
         target = self.backend
         moved = {name: transfer(state[name], target) for name in current}
         for name, value in moved.items():
-            self.set_parameter(name, value)
+            (self.set_buffer if name in buffers else self.set_parameter)(name, value)
 
     def save(self, path) -> None:
         """Write architecture, dtype and parameters to one ``.npz``, atomically."""

@@ -5,7 +5,8 @@ dispatching, not the GPU, sets the pace (docs/performance.md).  These executors 
 layer, loss and optimizer code once under the backend's tracer and replay the result:
 
 * :class:`JaxJitStep` -- ``jax.jit`` of the pure function
-  (parameters, optimizer slots, step scalars, x, y) -> (loss, new parameters, new slots).
+  (parameters, optimizer slots, step scalars, x, y, buffers, noise) -> (loss, new parameters, new
+  slots, new buffers).
 * :class:`TorchGraphStep` -- on ``torch:cuda``, the whole step captured in one CUDA graph
   (``torch.cuda.CUDAGraph``) over static buffers that the executor owns.
 
@@ -20,6 +21,9 @@ What makes a compiled step equal to the eager one (each of these was a measured 
 * Parameters are replaced, never mutated, by the layer code; the executor owns the arrays the
   compiled function reads and writes, and after every step puts the new parameters and slots back
   into the model and optimizer, where the loop, evaluation and checkpoints read them.
+* Buffers (BatchNorm's running statistics) that a training forward replaces are inputs and outputs
+  of the pure step, and Dropout's noise (drawn on the host) is an input: nothing random and no
+  state hides inside the trace.
 * Layers cache device arrays made from constants (Conv2D's gather index): the executor runs one
   eager forward before tracing, so the cache holds concrete arrays, not the tracer of a trace.
 """
@@ -27,22 +31,27 @@ What makes a compiled step equal to the eager one (each of these was a measured 
 from __future__ import annotations
 
 from ..backend import BackendError
-from .executors import StepExecutor, WholeBatchStep
+from .executors import StepExecutor, WholeBatchStep, unpack
 
 
 def _pure_step(model, loss_fn, optimizer):
-    """(params, slots, scalars, x, y) -> (loss, new params, new slots): one training step as a
-    function of its inputs alone (it sets the model's parameters from ``params`` first)."""
+    """(params, slots, scalars, x, y, buffers, noise) -> (loss, new params, new slots, new buffers):
+    one training step as a function of its inputs alone (it sets the model's parameters and buffers
+    from ``params`` and ``buffers``, and hands it ``noise``, first)."""
 
-    def step(params, slots, scalars, x, y):
+    def step(params, slots, scalars, x, y, buffers=None, noise=None):
         for name, value in params.items():
             model.set_parameter(name, value)
+        for name, value in (buffers or {}).items():
+            model.set_buffer(name, value)
+        if noise:
+            model.set_noise(noise)
         loss = loss_fn(model(x), y)
         model.backward(loss_fn.backward(), input_grad=False)
         new_params, new_slots = {}, {}
         for name, grad in model.named_gradients():
-            new_params[name], new_slots[name] = optimizer.update(params[name], grad, slots[name], scalars)
-        return loss, new_params, new_slots
+            new_params[name], new_slots[name] = optimizer.update_named(name, params[name], grad, slots[name], scalars)
+        return loss, new_params, new_slots, dict(model.named_buffers())
 
     return step
 
@@ -68,9 +77,14 @@ class _Compiled(StepExecutor):
         slots = {name: dict(self.optimizer.state.get(name, {})) for name in params}
         return params, slots
 
-    def _store(self, params: dict, slots: dict) -> None:
+    def _buffers(self) -> dict:
+        return dict(self.model.named_buffers())
+
+    def _store(self, params: dict, slots: dict, buffers: dict | None = None) -> None:
         for name, value in params.items():
             self.model.set_parameter(name, value)
+        for name, value in (buffers or {}).items():
+            self.model.set_buffer(name, value)
         self.optimizer.state = {name: value for name, value in slots.items() if value}
         for layer in self.model.layers:  # the trace's gradients are not arrays of this step
             layer.grads = {}
@@ -97,18 +111,20 @@ class JaxJitStep(_Compiled):
         self.compiled = jax.jit(counted)
 
     def step(self, batch):
-        x, y = batch
+        x, y, noise = unpack(batch)
         self._prime(x)
         self.optimizer.steps += 1
         params, slots = self._inputs()
+        buffers = self._buffers()
+        extra = (buffers, noise or {}) if buffers or noise else ()  # a model without either: the 5-input step
         try:
-            loss, new_params, new_slots = self.compiled(params, slots, self.optimizer.scalars(), x, y)
+            loss, new_params, new_slots, new_buffers = self.compiled(params, slots, self.optimizer.scalars(), x, y,
+                                                                     *extra)
         except BaseException:
             self.optimizer.steps -= 1
-            self._store(params, slots)  # the model gets its own parameters back, not a trace's
+            self._store(params, slots, buffers)  # the model gets its own arrays back, not a trace's
             raise
-        params, slots = new_params, new_slots
-        self._store(params, slots)
+        self._store(new_params, new_slots, new_buffers)
         return loss
 
     def describe(self) -> str:
@@ -118,7 +134,7 @@ class JaxJitStep(_Compiled):
 class TorchGraphStep(_Compiled):
     """The whole step on ``torch:cuda`` as one CUDA graph, replayed every step.
 
-    The executor owns static tensors: the batch (x, y), the parameters, the optimizer slots and the
+    The executor owns static tensors: the batch (x, y, noise), the parameters, buffers, optimizer slots and the
     step scalars (0-d float64 tensors, refilled before each replay; in ``lr * grad`` a 0-d tensor
     takes the other operand's dtype, as a Python float does eagerly).  The first ``WARMUP`` steps
     run eagerly (the slots come into being, PyTorch's lazy initialisations happen); then the step is
@@ -146,24 +162,26 @@ class TorchGraphStep(_Compiled):
         self.graph, self.static, self.shape, self.eager_steps, self.replays = None, None, None, 0, 0
 
     def step(self, batch):
-        x, y = batch
+        x, y, noise = unpack(batch)
         if self.graph is not None and tuple(x.shape) == self.shape:
             static = self.static
             static["x"].copy_(x)
             static["y"].copy_(y)
+            for name, value in (noise or {}).items():
+                static["noise"][name].copy_(value)
             self.optimizer.steps += 1
             for key, value in self.optimizer.scalars().items():
                 static["scalars"][key].fill_(value)
             self.graph.replay()
             self.replays += 1
-            self._store(static["params"], static["slots"])
+            self._store(static["params"], static["slots"], static["buffers"])
             return static["loss"].clone()  # the next replay overwrites the static loss
         loss = self.eager.step(batch)
         self.eager_steps += 1
         if self.graph is not None:
             self._adopt_eager_result()
         elif self.eager_steps >= self.WARMUP:
-            self._record(x, y)
+            self._record(x, y, noise or {})
         return loss
 
     def _adopt_eager_result(self) -> None:
@@ -173,13 +191,17 @@ class TorchGraphStep(_Compiled):
             self.static["params"][name].copy_(value)
             for slot, array in slots[name].items():
                 self.static["slots"][name][slot].copy_(array)
-        self._store(self.static["params"], self.static["slots"])
+        for name, value in self._buffers().items():
+            self.static["buffers"][name].copy_(value)
+        self._store(self.static["params"], self.static["slots"], self.static["buffers"])
 
-    def _record(self, x, y) -> None:
+    def _record(self, x, y, noise: dict) -> None:
         import torch
 
         params, slots = self._inputs()
         buffers = {"x": x.clone(), "y": y.clone(),
+                   "buffers": {name: value.clone() for name, value in self._buffers().items()},
+                   "noise": {name: value.clone() for name, value in noise.items()},
                    "params": {name: value.clone() for name, value in params.items()},
                    "slots": {name: {slot: a.clone() for slot, a in s.items()} for name, s in slots.items()},
                    "scalars": {key: torch.tensor(value, dtype=torch.float64, device=x.device)
@@ -187,16 +209,19 @@ class TorchGraphStep(_Compiled):
         pure = _pure_step(self.model, self.loss_fn, self.optimizer)
 
         def body(b):
-            loss, new_params, new_slots = pure(b["params"], b["slots"], b["scalars"], b["x"], b["y"])
+            loss, new_params, new_slots, new_buffers = pure(b["params"], b["slots"], b["scalars"], b["x"], b["y"],
+                                                            b["buffers"], b["noise"])
             for name, value in new_params.items():
                 b["params"][name].copy_(value)
                 for slot, array in new_slots[name].items():
                     b["slots"][name][slot].copy_(array)
+            for name, value in new_buffers.items():
+                b["buffers"][name].copy_(value)
             return loss
 
         self.graph, buffers["loss"] = (self.capture or cuda_graph_capture)(body, buffers, torch)
         self.static, self.shape = buffers, tuple(x.shape)
-        self._store(buffers["params"], buffers["slots"])
+        self._store(buffers["params"], buffers["slots"], buffers["buffers"])
 
     def describe(self) -> str:
         return "steps replayed as one CUDA graph"

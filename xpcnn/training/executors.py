@@ -25,6 +25,11 @@ An executor is built with its own options, then the Trainer binds it once and cl
   (an extension) before the step and must be honoured.
 * Determinism: the same batches from the same state give the same parameters, every run, so a
   checkpointed and resumed run ends bitwise where an uninterrupted one does.
+* Noise (Dropout): for a model that needs random noise the Trainer draws each step's on the host
+  from (seed, epoch, step) (:mod:`~xpcnn.training.noise`) and calls ``to_device(images, targets,
+  noise=...)``; the batch is then ``(x, y, noise)`` with the noise on the device, and ``step`` hands
+  it to the model (``model.set_noise``, sliced along the batch axis for a share) before the forward.
+  Without noise (every other model) the call and the batch are the plain ``(x, y)`` ones.
 * ``is_main`` is False on every process but one (data-parallel ranks): extensions that print or
   write files do so only where it is True.
 * ``should_stop(requested)`` turns this process's stop request (a signal) into a decision all
@@ -45,7 +50,7 @@ import contextlib
 import copy
 from concurrent.futures import ThreadPoolExecutor
 
-from ..backend import limit_blas_threads
+from ..backend import from_numpy, limit_blas_threads
 from ..data import targets_to_batch, to_batch
 
 
@@ -61,8 +66,11 @@ class StepExecutor:
     def running(self):
         yield self
 
-    def to_device(self, images, targets):
-        return to_batch(images, self.backend, self.dtype), targets_to_batch(targets, self.backend, self.dtype)
+    def to_device(self, images, targets, noise: dict | None = None):
+        x, y = to_batch(images, self.backend, self.dtype), targets_to_batch(targets, self.backend, self.dtype)
+        if not noise:
+            return x, y
+        return x, y, {name: from_numpy(value, self.backend, self.dtype) for name, value in noise.items()}
 
     def step(self, batch):
         raise NotImplementedError
@@ -96,11 +104,18 @@ class WholeBatchStep(StepExecutor):
     (the first layer skips dE/dX, which nothing uses), then the optimizer's update."""
 
     def step(self, batch):
-        x, y = batch
+        x, y, noise = unpack(batch)
+        if noise:
+            self.model.set_noise(noise)
         loss = self.loss_fn(self.model(x), y)
         self.model.backward(self.loss_fn.backward(), input_grad=False)
         self.optimizer.step(self.model)
         return loss
+
+
+def unpack(batch) -> tuple:
+    """(x, y, noise or None) of a batch from ``to_device``."""
+    return (*batch, None) if len(batch) == 2 else tuple(batch)
 
 
 def _count(value, name: str, minimum: int) -> int:
@@ -152,6 +167,11 @@ class SplitStep(StepExecutor):
         self.pool = None
 
     def bind(self, model, loss_fn, optimizer, backend, dtype):
+        for index, layer in enumerate(getattr(model, "layers", ())):
+            if getattr(layer, "buffers", None):  # BatchNorm: statistics of the whole batch
+                raise ValueError(f"SplitStep: layer {index} ({layer.name}) computes statistics over the whole "
+                                 "batch, which shares cannot give (each share would use its own): train this "
+                                 "model without --threads/--chunk")
         super().bind(model, loss_fn, optimizer, backend, dtype)
         self.replicas = [copy.deepcopy(model) for _ in range(self.threads)]
         self.losses = [copy.deepcopy(loss_fn) for _ in range(self.threads)]
@@ -166,9 +186,10 @@ class SplitStep(StepExecutor):
             with limit_blas_threads(self.backend, 1):
                 yield self
 
-    def gradients(self, x, y):
+    def gradients(self, x, y, noise: dict | None = None):
         """Forward and backward of the whole batch as shares; leaves the summed gradients in the
-        model's layers and returns the batch loss (a device array).  No update."""
+        model's layers and returns the batch loss (a device array).  No update.  ``noise`` (the
+        whole batch's) is sliced along the batch axis for each share."""
         n = x.shape[0]
         pieces = max(self.threads, -(-n // self.chunk)) if self.chunk else self.threads
         shares = share_bounds(n, pieces)
@@ -182,6 +203,8 @@ class SplitStep(StepExecutor):
             total_loss, total_grads = None, None
             for lo, hi in shares[t::self.threads]:
                 weight = (hi - lo) / n
+                if noise:
+                    replica.set_noise({name: value[lo:hi, ...] for name, value in noise.items()})
                 loss = loss_fn(replica(x[lo:hi, ...]), y[lo:hi, ...]) * weight
                 replica.backward(loss_fn.backward() * weight, input_grad=False)
                 grads = [dict(layer.grads) for layer in replica.layers]

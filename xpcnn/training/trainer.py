@@ -96,8 +96,14 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------
     def step(self, images: np.ndarray, targets: np.ndarray):
-        """Forward, backward and update on one host batch; returns the loss as a device array."""
-        return self.executor.step(self.executor.to_device(images, targets))
+        """Forward, backward and update on one host batch; returns the loss as a device array.
+        A model with Dropout gets the step's noise, drawn on the host from (seed, epoch, step)."""
+        from .noise import step_noise
+
+        noise = step_noise(self.model, images, self.config.seed, self.state.epoch, self.state.step_in_epoch,
+                           self.config.dtype)
+        batch = self.executor.to_device(images, targets, noise=noise) if noise else self.executor.to_device(images, targets)
+        return self.executor.step(batch)
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self, train: Split, validation: Split | None = None, extensions=()) -> list:
