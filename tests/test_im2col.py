@@ -6,7 +6,7 @@ import pytest
 
 from helpers import xp_assert_close
 from xpcnn import Conv2D
-from xpcnn.im2col import _output_size, col2im, conv_columns, gather_columns, gather_index, im2col
+from xpcnn.im2col import _output_size, add_windows, col2im, conv_columns, gather_columns, gather_index, im2col
 
 # (input shape (N, C, H, W) of the padded input, kh, kw, stride)
 CASES = [
@@ -114,6 +114,17 @@ def test_col2im_is_the_adjoint_of_im2col(backend, rng, shape, kh, kw, stride):
     left = float(xp.sum(im2col(xp, x, kh, kw, stride, out_h, out_w) * c))
     right = float(xp.sum(x * col2im(xp, c, shape, kh, kw, stride)))
     assert left == pytest.approx(right, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("shape,kh,kw,stride", CASES, ids=IDS)
+def test_add_windows_is_col2im_of_the_offsets_one_by_one(backend, dtype, rng, shape, kh, kw, stride):
+    """Pooling's backward hands col2im its kh*kw offsets as separate arrays: the same sums, bit for
+    bit, whether the windows overlap (added) or not (set)."""
+    out_h, out_w = _geometry(shape, kh, kw, stride)
+    host = rng.standard_normal((shape[0], shape[1], kh * kw, out_h, out_w)).astype(dtype)
+    parts = [backend.asarray(host[:, :, k]) for k in range(kh * kw)]
+    got = add_windows(backend.xp, parts, shape, kh, kw, stride)
+    xp_assert_close(got, naive_col2im(host, shape, kh, kw, stride), rtol=0, **_on(backend, dtype))
 
 
 # -- Conv2D's im2col option: slices on a CPU, one gather on a GPU --------------------------

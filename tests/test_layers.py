@@ -154,6 +154,72 @@ def test_maxpool_routes_gradient_to_the_maximum(backend):
     xp_assert_close(grad, [[[[0.0, 2.0], [0.0, 0.0]]]], **on_backend)
 
 
+POOL_CASES = [((2, 3, 6, 6), 2, None), ((2, 2, 7, 9), 2, None), ((1, 2, 7, 8), 3, 2), ((2, 1, 6, 7), (2, 3), 1),
+              ((1, 2, 9, 9), 2, 3), ((2, 2, 5, 5), 1, None)]
+
+
+def naive_pool(x, g, kh, kw, stride, maximum):
+    """Window by window: the max (or mean), and the gradient to the window's first maximum (or
+    spread evenly), added up where windows overlap."""
+    n, c, h, w = x.shape
+    out_h, out_w = (h - kh) // stride + 1, (w - kw) // stride + 1
+    out, grad = np.zeros((n, c, out_h, out_w)), np.zeros_like(x)
+    for b in range(n):
+        for ch in range(c):
+            for r in range(out_h):
+                for s in range(out_w):
+                    window = x[b, ch, r * stride:r * stride + kh, s * stride:s * stride + kw]
+                    if maximum:
+                        out[b, ch, r, s] = window.max()
+                        i, j = divmod(int(np.argmax(window)), kw)  # the first maximum, row by row
+                        grad[b, ch, r * stride + i, s * stride + j] += g[b, ch, r, s]
+                    else:
+                        out[b, ch, r, s] = window.mean()
+                        grad[b, ch, r * stride:r * stride + kh, s * stride:s * stride + kw] += g[b, ch, r, s] / (kh * kw)
+    return out, grad
+
+
+@pytest.mark.parametrize("windows", ["views", "im2col"])
+@pytest.mark.parametrize("maximum", [True, False], ids=["max", "avg"])
+@pytest.mark.parametrize("shape,kernel,stride", POOL_CASES,
+                         ids=[f"{s[2]}x{s[3]}-k{k}-s{st}" for s, k, st in POOL_CASES])
+def test_pools_match_a_naive_loop_with_ties(backend, rng, shape, kernel, stride, maximum, windows):
+    """Max and average pooling window by window, on inputs full of ties (ReLU's zeros, repeated
+    values): each window's gradient goes to its first maximum only, as in PyTorch; windows that
+    overlap add up; rows and columns no window covers get none.  Both ways of reading the windows
+    (views on a CPU, im2col on a GPU) on every backend."""
+    host = np.maximum(np.round(rng.standard_normal(shape) * 2), 0.0)  # about half zeros, many equal values
+    layer = (MaxPool2D if maximum else AvgPool2D)(kernel, stride)
+    layer.windows = windows
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = backend.asarray(host, "float64")
+    out = layer(x)
+    g_host = rng.standard_normal(tuple(out.shape))
+    expected_out, expected_grad = naive_pool(host, g_host, kh, kw, layer.stride, maximum)
+    on_backend = dict(xp=backend.xp, device=backend.device, dtype="float64", rtol=1e-15, atol=1e-15)
+    xp_assert_close(out, expected_out, **on_backend)
+    xp_assert_close(layer.backward(backend.asarray(g_host, "float64")), expected_grad, **on_backend)
+
+
+def test_pool_windows_auto_uses_im2col_on_a_gpu_only(backend, rng):
+    pool = MaxPool2D(2)
+    pool(backend.asarray(rng.standard_normal((1, 1, 4, 4)), "float32"))
+    (_, saved) = pool._saved
+    assert backend.xp.isdtype(saved.dtype, "integral") == ("cuda" in backend.label), backend.label
+    pool.windows = "slices"
+    with pytest.raises(ValueError, match="MaxPool2D: windows must be one of auto, views, im2col, got 'slices'"):
+        pool(backend.asarray(rng.standard_normal((1, 1, 4, 4)), "float32"))
+
+
+def test_maxpool_output_is_not_a_view_of_its_input(backend, rng):
+    """A 1x1 max-pool returns its own array, as every layer does."""
+    x = backend.asarray(rng.standard_normal((1, 1, 3, 3)), "float64")
+    out = MaxPool2D(1)(x)
+    xp_assert_close(out, x, rtol=0)
+    if backend.name == "numpy":
+        assert not np.shares_memory(out, x)
+
+
 # -- validation ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -112,9 +112,18 @@ def gather_columns(xp, x, index, positions: int, ones_row: bool):
 
 def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int):
     """Adjoint of :func:`im2col`: scatter-add each offset's slice back (array-api-extra ``at``)."""
-    out_h, out_w = cols.shape[-2], cols.shape[-1]
-    grad = xp.zeros(padded_shape, dtype=cols.dtype, device=device_of(cols))
-    for k in range(kh * kw):
-        i, j = divmod(k, kw)
-        grad = xpx.at(grad)[_window(i, j, stride, out_h, out_w)].add(cols[:, :, k, ...], xp=xp)
+    return add_windows(xp, [cols[:, :, k, ...] for k in range(kh * kw)], padded_shape, kh, kw, stride)
+
+
+def add_windows(xp, parts, padded_shape, kh: int, kw: int, stride: int):
+    """:func:`col2im` for the kh*kw offsets' (N, C, out_h, out_w) arrays given one by one, as
+    pooling's backward makes them (no stacking copy first).  Windows that do not overlap
+    (stride >= kh and kw) write each input position at most once: a plain ``set`` then, which
+    does not read the zeros back."""
+    out_h, out_w = parts[0].shape[-2], parts[0].shape[-1]
+    overlap = stride < kh or stride < kw
+    grad = xp.zeros(padded_shape, dtype=parts[0].dtype, device=device_of(parts[0]))
+    for k, part in enumerate(parts):
+        at = xpx.at(grad)[_window(*divmod(k, kw), stride, out_h, out_w)]
+        grad = at.add(part, xp=xp) if overlap else at.set(part, xp=xp)
     return grad
