@@ -287,17 +287,29 @@ class Dense(Layer):
 
 class Sigmoid(Layer):
     """A = sigma(Z) = 1 / (1 + e^-Z), computed as (1 + tanh(Z/2)) / 2: no overflow
-    for any |Z|.  Backward: dA/dZ = A (1 - A)."""
+    for any |Z|.  Backward: dA/dZ = A (1 - A).
+
+    The arrays are as large as the convolution's output, so every pass over them counts: the
+    scaling and the shift, and the backward's products, update the fresh temporary they just
+    made with in-place operators (array API; JAX rebinds the name instead).  Nothing a caller
+    holds is changed."""
 
     def forward(self, x):
         xp = namespace(x, where=f"{self.name}.forward")
-        output = 0.5 * xp.tanh(0.5 * x) + 0.5
+        output = xp.tanh(0.5 * x)
+        output *= 0.5
+        output += 0.5
         self.save_for_backward(output)
         return output
 
     def backward(self, grad_out, input_grad: bool = True):
         (a,) = self.saved_for_backward()
-        return grad_out * (a * (1.0 - a)) if input_grad else None
+        if not input_grad:
+            return None
+        grad = 1.0 - a      # dE/dZ = G * A (1 - A), in one temporary
+        grad *= a
+        grad *= grad_out
+        return grad
 
 
 class Tanh(Layer):
