@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -19,8 +20,9 @@ from . import parity as parity_mod
 from .backend import BACKENDS, BackendError, DTYPES, default_backend_name, parse_spec, resolve
 from .checkpoint import CheckpointError
 from .files import check_writable_dir, write_json
+from .networks import SPEC_HELP
 from .training import (PRESETS, ConfigError, Diverged, Interrupted, ProgressBar, ResumeMismatch, Trainer,
-                       make_executor, resume_config, standard_extensions)
+                       build_model, make_executor, resume_config, standard_extensions)
 from .training.compiled import compiled_executor, compiles_by_default, has_compiled_executor
 from .training.hostmem import keep_freed_memory
 from .training.snapshot import read as read_checkpoint
@@ -38,21 +40,41 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                "  python scripts/train.py --device cuda                     # CuPy on the GPU\n"
                "  python scripts/train.py --preset article                  # the article's network\n"
                "  python scripts/train.py --compare numpy,torch --dtype float64\n"
-               "  python scripts/train.py --resume runs/latest/checkpoint.npz --epochs 20\n\n" + __doc__.split("\n\n", 1)[0])
+               "  python scripts/train.py --resume runs/latest/checkpoint.npz --epochs 20\n"
+               "  python scripts/train.py --preset lenet5 --eval-data ../shared/data/mnist\n"
+               "  python scripts/train.py --data cifar10 --preset vgg\n"
+               "  python scripts/train.py --data my_rgb.npz --model conv32k3p1-relu-maxpool2-flatten-dense128-relu-dense\n\n"
+               + SPEC_HELP + "\n\n" + __doc__.split("\n\n", 1)[0])
     p.add_argument("--backend", choices=BACKENDS, help="array library (default numpy; cupy when --device cuda)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, or an array_api_strict device (device1, device2)")
     p.add_argument("--data", default="embedded",
                    help="'embedded' (5,000 digits in the package), an IDX folder, a mnist.npz, or 'download'")
     p.add_argument("--eval-data", help="IDX folder or .npz whose test split gives the final test accuracy")
+    p.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto",
+                   help="how 4-D image arrays are laid out: channels first (N, C, H, W) or last (N, H, W, C, as "
+                        "Keras stores colour images); auto: channels last when the last axis is 1, 3 or 4 and "
+                        "axis 1 is not")
+    p.add_argument("--classes", type=int, metavar="K", help="the number of classes (default: the largest label + 1)")
+    p.add_argument("--model", metavar="SPEC|FILE.json",
+                   help="the network: a spec such as conv32k3p1-relu-maxpool2-flatten-dense128-relu-dense "
+                        "(syntax below) or a JSON file of layer records (as checkpoints store them); default: "
+                        "the preset's network")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="'default': conv 5x5x16-ReLU-maxpool-dense-softmax, 10 classes; 'article': the article's network")
+                   help="network and hyper-parameters: 'default' conv 5x5x16-ReLU-maxpool-dense (MNIST); 'article' the "
+                        "article's network (MNIST); 'lenet5' LeNet-5 adapted to the input size; 'vgg' a small "
+                        "VGG for 3x32x32 colour images (batch norm, dropout)")
     p.add_argument("--task", choices=datasets.TASKS, help="binary (digit > 4, the article's) or multiclass")
     p.add_argument("--epochs", type=int, help="passes over the training data (preset default; compare mode: 1)")
     p.add_argument("--batch-size", type=int, help="images per gradient step")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--lr-decay", type=float,
                    help="multiply the learning rate by this each epoch (default preset 0.8, article 1.0)")
-    p.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), help="sgd (the article's rule), momentum, adam")
+    p.add_argument("--optimizer", choices=("sgd", "momentum", "adam", "adamw"),
+                   help="sgd (the article's rule), momentum, adam, adamw (decoupled weight decay)")
+    p.add_argument("--weight-decay", type=float, help="weight decay on every parameter (L2; decoupled for adamw)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="scale each channel by the training split's mean and std (stored in checkpoints; "
+                        "default: the preset's, on for vgg)")
     p.add_argument("--momentum", type=float, help="momentum for --optimizer momentum (default 0.9)")
     p.add_argument("--init", choices=("uniform", "glorot", "he"),
                    help="weight initialiser (preset default: article uniform U[0,1), default he)")
@@ -88,7 +110,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     return p
 
 
-CONFIG_FLAGS = ("task", "epochs", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "seed", "init", "dtype")
+CONFIG_FLAGS = ("task", "epochs", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "seed", "init", "dtype",
+                "weight_decay", "normalize", "model")
 
 
 def _flag(field: str) -> str:
@@ -125,9 +148,23 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error("--plot needs matplotlib; install the 'plot' extra: pip install 'xpcnn[plot]'")
 
 
+def _model_flag(p: argparse.ArgumentParser, value: str | None) -> str | None:
+    """--model: a spec as given, or the contents of a JSON file (compact) as the Config stores it."""
+    if value is None or not value.endswith(".json"):
+        return value
+    try:
+        with open(value, encoding="utf-8") as handle:
+            return json.dumps(json.load(handle), separators=(",", ":"))
+    except OSError as exc:
+        p.error(f"--model: {value}: cannot read: {exc.strerror}")
+    except ValueError as exc:
+        p.error(f"--model: {value}: not valid JSON ({exc})")
+
+
 def _config(p: argparse.ArgumentParser, args):
     """The run's Config: the preset with the flags given, or (``--resume``) the checkpoint's with
     only ``--epochs`` changed (the library's resume policy)."""
+    args.model = _model_flag(p, args.model)
     overrides = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
     try:
         if args.resume:
@@ -165,11 +202,59 @@ def _one_line_error(p: argparse.ArgumentParser, message: str) -> int:
     return EXIT_USAGE
 
 
-def _load_data(p, spec: str, flag: str):
+def _load_data(p, spec: str, flag: str, args=None):
     try:
-        return datasets.load(spec)
+        if args is None:
+            return datasets.load(spec)
+        return datasets.load(spec, layout=args.layout, classes=args.classes)
     except datasets.DataError as exc:
         p.error(f"{flag}: {exc}")
+
+
+def _setup(p: argparse.ArgumentParser, args, resolve_backend):
+    """What a training run needs, checked before any training: the Config fitted to the data (image
+    shape, classes), the backend, the data, the model, and the extensions.  Every problem is a usage
+    error naming the flag."""
+    config = _config(p, args)
+    try:
+        backend = resolve_backend(args.backend or default_backend_name(args.device), args.device)
+    except BackendError as exc:
+        raise _BackendProblem(str(exc)) from None
+    dataset = _load_data(p, args.data, "--data", args)
+    if len(dataset.train) == 0:
+        p.error(f"--data: {dataset.source} has no training images")
+    evaluation = _load_data(p, args.eval_data, "--eval-data", args) if args.eval_data else None
+    if evaluation is not None and evaluation.test is None:
+        p.error(f"--eval-data: {args.eval_data} has no test split")
+    if evaluation is not None and evaluation.image_shape != dataset.image_shape:
+        p.error(f"--eval-data: its images are {_shape(evaluation.image_shape)}, the training images {_shape(dataset.image_shape)}")
+    if args.resume:
+        if (config.image_shape, config.classes) != (dataset.image_shape, dataset.classes):
+            p.error(f"--data: the checkpoint's run trained on {_shape(config.image_shape)} images of {config.classes} "
+                    f"classes; this data has {_shape(dataset.image_shape)} images of {dataset.classes}")
+    else:
+        try:
+            config = dataclasses.replace(config, image_shape=dataset.image_shape, classes=dataset.classes)
+        except ConfigError as exc:
+            p.error(f"{_flag(exc.field)} {exc.problem}")
+    try:
+        model = build_model(config)
+    except ValueError as exc:  # SpecError: a spec or preset that does not fit the images
+        p.error(f"--model: {exc}" if config.model else f"--preset {config.preset}: {exc}")
+    final = evaluation.test if evaluation is not None else dataset.validation
+    extensions = standard_extensions(
+        out=args.out, test=final, test_label=f"test ({args.eval_data})" if evaluation is not None else "validation",
+        source=dataset.source, verbose=True, progress=not args.quiet,
+        plot_image=(final or dataset.train).images[0] if args.plot else None)
+    return config, backend, dataset, model, extensions
+
+
+class _BackendProblem(Exception):
+    """A backend or device that cannot be used: one line, exit 2."""
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape))
 
 
 def run_compare(p, args) -> int:
@@ -242,27 +327,15 @@ def train_main(argv=None, prog: str = "train.py") -> int:
     keep_freed_memory()  # the next step reuses this step's memory (xpcnn.training.hostmem)
     if args.compare:
         return run_compare(p, args)
-    config = _config(p, args)
     try:
-        backend = resolve(args.backend or default_backend_name(args.device), args.device)
-    except BackendError as exc:
+        config, backend, dataset, model, extensions = _setup(p, args, resolve)
+    except _BackendProblem as exc:
         return _one_line_error(p, str(exc))
-    dataset = _load_data(p, args.data, "--data")
-    if len(dataset.train) == 0:
-        p.error(f"--data: {dataset.source} has no training images (train-images-idx3-ubyte is missing)")
-    evaluation = _load_data(p, args.eval_data, "--eval-data") if args.eval_data else None
-    if evaluation is not None and evaluation.test is None:
-        p.error(f"--eval-data: {args.eval_data} has no test split")
-    final = evaluation.test if evaluation is not None else dataset.validation
-    extensions = standard_extensions(
-        out=args.out, test=final, test_label=f"test ({args.eval_data})" if evaluation is not None else "validation",
-        source=dataset.source, verbose=True, progress=not args.quiet,
-        plot_image=(final or dataset.train).images[0] if args.plot else None)
     try:
         executor = _executor(args, backend)
     except BackendError as exc:
         return _one_line_error(p, str(exc))
-    with Trainer(config, backend, executor=executor, extensions=extensions) as trainer:
+    with Trainer(config, backend, model, executor=executor, extensions=extensions) as trainer:
         if args.resume:
             try:
                 trainer.resume(args.resume)
@@ -343,25 +416,13 @@ def _train_distributed(argv, prog: str, job) -> int:
             _check_args_but_out(p, args)
         _check_distributed_args(p, args)
         keep_freed_memory()
-        config = _config(p, args)
-        name = args.backend or default_backend_name(args.device)
         try:
-            backend = resolve(name, rank_device(name, args.device, job.local_rank))
-        except BackendError as exc:
+            config, backend, dataset, model, extensions = _setup(
+                p, args, lambda name, device: resolve(name, rank_device(name, device, job.local_rank)))
+        except _BackendProblem as exc:
             raise _SetupFailed(str(exc)) from None
-        dataset = _load_data(p, args.data, "--data")
-        if len(dataset.train) == 0:
-            p.error(f"--data: {dataset.source} has no training images (train-images-idx3-ubyte is missing)")
-        evaluation = _load_data(p, args.eval_data, "--eval-data") if args.eval_data else None
-        if evaluation is not None and evaluation.test is None:
-            p.error(f"--eval-data: {args.eval_data} has no test split")
-        final = evaluation.test if evaluation is not None else dataset.validation
-        extensions = standard_extensions(
-            out=args.out, test=final, test_label=f"test ({args.eval_data})" if evaluation is not None else "validation",
-            source=dataset.source, verbose=True, progress=not args.quiet,
-            plot_image=(final or dataset.train).images[0] if args.plot else None)
         executor = DataParallelStep(job.comm, args.reduction or "gather", args.chunk, local_size=job.local_size)
-        trainer = Trainer(config, backend, executor=executor, extensions=extensions)
+        trainer = Trainer(config, backend, model, executor=executor, extensions=extensions)
         if args.resume:
             try:
                 trainer.resume(args.resume)
