@@ -342,3 +342,52 @@ def test_fit_refuses_other_data_than_the_checkpoint_trained_on(small, tmp_path):
         resumed.resume(tmp_path / "c.npz")
         with pytest.raises(CheckpointError, match="trained on 100 images per epoch; this data has 150"):
             resumed.fit(train.take(150))
+
+
+# -- any dataset: normalisation, classes, image shapes ---------------------------------------------
+
+def colour_split(n=120, classes=3, shape=(3, 9, 11), seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 200, (n, *shape)).astype(np.uint8)
+    images[np.arange(n), labels % shape[0]] += 55  # the class shows as a brighter channel
+    return data.Split(images, labels.astype(np.int64))
+
+
+def test_normalisation_is_computed_once_stored_and_resumed_bitwise(tmp_path):
+    train = colour_split()
+    config = Config(preset="lenet5", model="conv4k3p1-relu-maxpool2-flatten-dense", image_shape=(3, 9, 11), classes=3,
+                    normalize=True, epochs=2, batch_size=30, dtype="float64")
+    with Trainer(config, resolve("numpy"), extensions=[Checkpointer(tmp_path / "c.npz")]) as straight:
+        straight.fit(train)
+    mean, std = data.channel_stats(train)
+    np.testing.assert_allclose(straight.state.normalization["mean"], mean)
+    np.testing.assert_allclose(straight.state.normalization["std"], std)
+    with Trainer.from_checkpoint(tmp_path / "c.npz", resolve("numpy"), epochs=3) as resumed:
+        assert resumed.state.normalization == straight.state.normalization
+        resumed.fit(colour_split(seed=0))
+    assert resumed.state.history[-1]["epoch"] == 3
+    # a run with other numbers would differ: the normalisation reaches the model
+    with Trainer(dataclasses.replace(config, normalize=False), resolve("numpy")) as plain:
+        plain.fit(train)
+    assert not np.array_equal(plain.model.state_dict()["0.weight"], straight.model.state_dict()["0.weight"])
+
+
+def test_fit_refuses_images_of_another_shape_and_labels_beyond_the_classes():
+    config = Config(model="flatten-dense", image_shape=(3, 9, 11), classes=3, epochs=1)
+    with Trainer(config, resolve("numpy")) as trainer:
+        with pytest.raises(ValueError, match=r"the images are \(3, 9, 10\), the config's image_shape \(3, 9, 11\)"):
+            trainer.fit(colour_split(shape=(3, 9, 10)))
+        with pytest.raises(data.DataError, match="labels must lie in 0-2 for task 'multiclass', found 0-4"):
+            trainer.fit(colour_split(classes=5))
+
+
+def test_a_colour_dataset_with_k_classes_learns_and_reports_a_k_by_k_confusion_matrix():
+    train, test = colour_split(300), colour_split(90, seed=1)
+    config = Config(model="conv6k3p1-relu-maxpool2-flatten-dense", image_shape=(3, 9, 11), classes=3, epochs=3,
+                    batch_size=30, optimizer="adam", lr=0.01, shift=0)
+    with Trainer(config, resolve("numpy")) as trainer:
+        trainer.fit(train)
+        evaluation = trainer.test(test)
+    assert evaluation.confusion.shape == (3, 3) and evaluation.confusion.sum() == 90
+    assert evaluation.accuracy > 0.8

@@ -336,6 +336,7 @@ def train_main(argv=None, prog: str = "train.py") -> int:
     except BackendError as exc:
         return _one_line_error(p, str(exc))
     with Trainer(config, backend, model, executor=executor, extensions=extensions) as trainer:
+        trainer.class_names = list(dataset.class_names) if dataset.class_names else None  # (a resume keeps its own)
         if args.resume:
             try:
                 trainer.resume(args.resume)
@@ -423,6 +424,7 @@ def _train_distributed(argv, prog: str, job) -> int:
             raise _SetupFailed(str(exc)) from None
         executor = DataParallelStep(job.comm, args.reduction or "gather", args.chunk, local_size=job.local_size)
         trainer = Trainer(config, backend, model, executor=executor, extensions=extensions)
+        trainer.class_names = list(dataset.class_names) if dataset.class_names else None
         if args.resume:
             try:
                 trainer.resume(args.resume)

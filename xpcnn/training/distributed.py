@@ -199,7 +199,7 @@ class DataParallelStep(StepExecutor):
         if self.rank >= len(shares):  # fewer images than ranks: this rank sits the batch out
             return None, None, n, len(shares), 0, 0
         lo, hi = shares[self.rank]
-        return (to_batch(images[lo:hi], self.backend, self.dtype),
+        return (to_batch(images[lo:hi], self.backend, self.dtype, normalize=self.normalize),
                 targets_to_batch(targets[lo:hi], self.backend, self.dtype), n, len(shares), lo, hi)
 
     def _share_gradients(self, x, y, n, lo, hi):

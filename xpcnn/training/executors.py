@@ -66,8 +66,11 @@ class StepExecutor:
     def running(self):
         yield self
 
+    normalize = None  # (mean, std) per channel, set by the Trainer when the run normalises its images
+
     def to_device(self, images, targets, noise: dict | None = None):
-        x, y = to_batch(images, self.backend, self.dtype), targets_to_batch(targets, self.backend, self.dtype)
+        x = to_batch(images, self.backend, self.dtype, normalize=self.normalize)
+        y = targets_to_batch(targets, self.backend, self.dtype)
         if not noise:
             return x, y
         return x, y, {name: from_numpy(value, self.backend, self.dtype) for name, value in noise.items()}

@@ -285,7 +285,7 @@ class PlotReport(Extension):
             return
         from ..plots import plot_run
 
-        for path in plot_run(trainer, trainer.metrics(self.source), self.image, self.folder):
+        for path in plot_run(trainer, trainer.metrics(self.source), self.image, self.folder, trainer.normalize):
             if self.verbose:
                 print(f"wrote {path}")
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from ..backend import DTYPES
+from ..data import DataError, check_normalize
 from ..model import Sequential
 from .builders import build_model
 from .config import Config, ConfigError
@@ -42,6 +43,8 @@ class Snapshot:
     history: list
     step_losses: list
     train_size: int | None
+    normalization: dict | None = None
+    class_names: list | None = None
 
 
 def meta_record(trainer) -> dict:
@@ -59,6 +62,8 @@ def meta_record(trainer) -> dict:
         "history": state.history,
         "step_losses": state.step_losses,
         "train_size": state.train_size,
+        "normalization": state.normalization,
+        "class_names": trainer.class_names,
     }
 
 
@@ -232,8 +237,23 @@ def read(path) -> Snapshot:
     if missing:
         f.fail(f"optimizer state {missing[0]!r}", f"is missing ({optimizer_state['steps']} steps of "
                                                   f"{config.optimizer} made it; {len(missing)} slot(s) missing)")
+    normalization = meta.get("normalization")  # absent before any-dataset checkpoints: none
+    if normalization is not None:
+        if not isinstance(normalization, dict) or set(normalization) != {"mean", "std"}:
+            f.fail("normalization", f"must be {{\"mean\": [...], \"std\": [...]}} or null, got {_short(normalization)}")
+        try:
+            mean, std = check_normalize((normalization["mean"], normalization["std"]), config.image_shape[0])
+        except (DataError, OverflowError) as exc:
+            f.fail("normalization", str(exc).removeprefix("normalize: "))
+        normalization = {"mean": mean.tolist(), "std": std.tolist()}
+    elif config.normalize and global_step:
+        f.fail("normalization", "is missing, but the run normalises its images (config.normalize)")
+    class_names = meta.get("class_names")
+    if class_names is not None and (not isinstance(class_names, list) or len(class_names) != config.classes
+                                    or not all(isinstance(name, str) and len(name) <= 200 for name in class_names)):
+        f.fail("class_names", f"must be null or {config.classes} names (strings), got {_short(class_names)}")
     return Snapshot(config, architecture, model_state, optimizer_state, epoch, step_in_epoch, global_step,
-                    rng_state, epoch_rng_state, history, step_losses, train_size)
+                    rng_state, epoch_rng_state, history, step_losses, train_size, normalization, class_names)
 
 
 def layer_names(architecture) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..backend import Backend, to_numpy
 from ..checkpoint import CheckpointError
-from ..data import Split, batch_indices, targets_to_batch, task_targets, to_batch
+from ..data import Split, batch_indices, channel_stats, targets_to_batch, task_targets, to_batch
 from ..model import Sequential
 from . import snapshot
 from .augment import shift_batch
@@ -50,6 +50,7 @@ class TrainState:
     history: list = field(default_factory=list)  # one record (dict) per completed epoch
     step_losses: list = field(default_factory=list)  # every step's loss, read back from the device
     train_size: int | None = None  # training images per epoch (checked on resume)
+    normalization: dict | None = None  # {"mean": [...], "std": [...]} per channel, from the training split
 
 
 class Trainer:
@@ -75,6 +76,7 @@ class Trainer:
         self.stop_training = False  # set by an extension (early stop): stop after this epoch
         self.notes: list[str] = []  # messages from extensions for the printed log
         self.results: dict = {}  # what on_fit_end extensions computed (the final evaluation)
+        self.class_names: list | None = None  # names of the classes, when the data has them (checkpoints keep them)
         self.steps_per_epoch = 0
         self.executor = executor or make_executor(threads, chunk)
         self.executor.bind(self.model, self.loss_fn, self.optimizer, backend, config.dtype)
@@ -93,6 +95,16 @@ class Trainer:
 
     def __exit__(self, *exc_info):
         self.close()
+
+    @property
+    def normalize(self):
+        """(mean, std) per channel that every batch is normalised with, or None."""
+        stats = self.state.normalization
+        return None if stats is None else (np.asarray(stats["mean"]), np.asarray(stats["std"]))
+
+    def to_batch(self, images: np.ndarray):
+        """Host images -> the device batch the model takes (scaled, normalised as in training)."""
+        return to_batch(images, self.backend, self.config.dtype, normalize=self.normalize)
 
     # -- one step ---------------------------------------------------------------
     def step(self, images: np.ndarray, targets: np.ndarray):
@@ -118,8 +130,15 @@ class Trainer:
         if self.state.train_size is not None and self.state.train_size != len(train):
             raise CheckpointError(f"the checkpoint's run trained on {self.state.train_size} images per epoch; "
                                   f"this data has {len(train)}: resume on the same data")
+        if tuple(train.images.shape[1:]) != tuple(cfg.image_shape):
+            raise ValueError(f"Trainer.fit: the images are {tuple(train.images.shape[1:])}, the config's image_shape "
+                             f"{tuple(cfg.image_shape)}")
         self.state.train_size = len(train)
-        targets = task_targets(train.labels, cfg.task)
+        if cfg.normalize and self.state.normalization is None:  # once per run: resumes keep the numbers
+            mean, std = channel_stats(train)
+            self.state.normalization = {"mean": mean.tolist(), "std": std.tolist()}
+        self.executor.normalize = self.normalize
+        targets = task_targets(train.labels, cfg.task, cfg.classes)
         everything = self.extensions + ([Evaluator(validation)] if validation is not None else []) + list(extensions)
         everything.sort(key=lambda extension: -extension.priority)  # stable: equal priorities keep their order
         self.stop_training, started = False, time.perf_counter()
@@ -197,18 +216,18 @@ class Trainer:
     def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Host predictions: class indices (multiclass) or 0/1 (binary)."""
         with self.model.inference():
-            out = [self._classes(self.model(to_batch(images[start:start + batch_size], self.backend, self.config.dtype)))
+            out = [self._classes(self.model(self.to_batch(images[start:start + batch_size])))
                    for start in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def evaluate(self, split: Split, batch_size: int = 500, predictions: bool = False):
         """(mean loss, accuracy) on a split; with ``predictions=True`` also the host predictions."""
-        targets = task_targets(split.labels, self.config.task)
+        targets = task_targets(split.labels, self.config.task, self.config.classes)
         starts = range(0, len(split), batch_size)
         parts = []  # (loss x batch size, predictions) of each batch this process evaluates
         with self.model.inference():
             for start in (starts[index] for index in self.executor.evaluation_batches(len(starts))):
-                output = self.model(to_batch(split.images[start:start + batch_size], self.backend, self.config.dtype))
+                output = self.model(self.to_batch(split.images[start:start + batch_size]))
                 batch_targets = targets_to_batch(targets[start:start + batch_size], self.backend, self.config.dtype)
                 parts.append((float(to_numpy(self.loss_fn(output, batch_targets))) * output.shape[0],
                               self._classes(output)))
@@ -224,7 +243,7 @@ class Trainer:
     def test(self, split: Split) -> Evaluation:
         """Loss, accuracy, predictions and confusion matrix on ``split`` (the final evaluation)."""
         loss, accuracy, predicted = self.evaluate(split, predictions=True)
-        truth = task_targets(split.labels, self.config.task).reshape(len(split), -1)[:, 0].astype(np.int64)
+        truth = task_targets(split.labels, self.config.task, self.config.classes).reshape(len(split), -1)[:, 0].astype(np.int64)
         return Evaluation(loss, accuracy, predicted, truth, confusion_matrix(truth, predicted, self.config.outputs
                                                                              if self.config.outputs > 1 else 2))
 
@@ -266,8 +285,9 @@ class Trainer:
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         self.rng.bit_generator.state = saved.rng_state
+        self.class_names = saved.class_names
         self.state = TrainState(saved.epoch, saved.step_in_epoch, saved.global_step, saved.epoch_rng_state,
-                                saved.history, saved.step_losses, saved.train_size)
+                                saved.history, saved.step_losses, saved.train_size, saved.normalization)
 
     @classmethod
     def from_checkpoint(cls, path, backend: Backend, epochs: int | None = None, **options) -> "Trainer":
