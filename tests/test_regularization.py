@@ -406,3 +406,60 @@ def test_graph_step_bookkeeping_with_dropout_and_batchnorm():
     eager = _train(backend, epochs=3)
     _assert_same(graphed, eager, 0)
     assert graphed.executor.replays > 0
+
+
+SPEC = "conv4k5nb-bn-relu-maxpool2-flatten-dropout0.3-dense16-bn-relu-dropout0.5-dense"
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_checkpoint_resume_with_a_spec_network(cpu_backend, tmp_path, jit):
+    """A --model spec with BatchNorm and Dropout through a real checkpoint (Checkpointer on an
+    interrupt, Trainer.resume): bitwise the straight run, running statistics included."""
+    from xpcnn.training import Checkpointer
+
+    if jit and cpu_backend.name != "jax":
+        pytest.skip("jax.jit runs on JAX")
+    from xpcnn.training.compiled import JaxJitStep
+
+    make = (lambda: JaxJitStep()) if jit else (lambda: None)
+    cfg = _config(model=SPEC, epochs=2)
+    with Trainer(cfg, cpu_backend, executor=make()) as straight:
+        straight.fit(TRAIN)
+    assert {"1.running_mean", "7.running_var"} <= set(straight.model.state_dict())
+
+    def stop(trainer, values):
+        if trainer.state.epoch == 1 and trainer.state.step_in_epoch == 1:
+            trainer.stop_requested = True
+
+    path = tmp_path / "c.npz"
+    with Trainer(cfg, cpu_backend, executor=make(), sync_every=1,
+                 extensions=[Lambda(on_losses=stop), Checkpointer(path)]) as first:
+        with pytest.raises(Exception, match="interrupted at epoch 2, step 1"):
+            first.fit(TRAIN)
+    with Trainer(cfg, cpu_backend, executor=make()) as resumed:
+        resumed.resume(path)
+        np.testing.assert_array_equal(resumed.model.state_dict()["1.running_var"],
+                                      first.model.state_dict()["1.running_var"])
+        resumed.fit(TRAIN)
+    _assert_same(resumed, straight, 0)
+
+
+@pytest.mark.parametrize("index,field", [(1, "channels"), (6, "features")])
+def test_load_checks_batchnorm_sizes_before_building(tmp_path, index, field):
+    """An edited BatchNorm size in a model file is a CheckpointError naming the layer, found before
+    the layer (and its 10**12-element arrays) is built."""
+    from xpcnn import checkpoint
+
+    path = tmp_path / "m.npz"
+    _bn_model().save(path)
+    state, optimizer_state, meta = checkpoint.load(path)
+    meta["architecture"][index][field] = 10 ** 12
+    checkpoint.save(path, state, optimizer_state, meta)
+    with pytest.raises(checkpoint.CheckpointError, match=rf"architecture\[{index}\] \(BatchNorm.D\) needs parameter "
+                                                         rf"{index}.weight of shape \(1000000000000,\)"):
+        Sequential.load(path)
+    del state[f"{index}.running_var"]
+    meta["architecture"][index][field] = 3 if index == 1 else 4
+    checkpoint.save(path, state, optimizer_state, meta)
+    with pytest.raises(checkpoint.CheckpointError, match=rf"needs parameter {index}.running_var of shape"):
+        Sequential.load(path)

@@ -241,6 +241,9 @@ class Sequential(Layer):
             elif kind == "Dense":
                 out = _size(a["out_features"], "out_features", kind, 1)
                 shape = (_size(a["in_features"], "in_features", kind, 1), out)
+            elif kind in ("BatchNorm2D", "BatchNorm1D"):  # parameters and buffers, one per feature
+                size = (_size(a["channels" if kind == "BatchNorm2D" else "features"], "size", kind, 1),)
+                return {"weight": size, "bias": size, "running_mean": size, "running_var": size}
             else:
                 return {}
             return {"weight": shape, **({"bias": (out,)} if a["bias"] else {})}
