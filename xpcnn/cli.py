@@ -477,7 +477,45 @@ def _check_distributed_args(p, args) -> None:
     args.compile = False  # (JAX compiles by default; the data-parallel step runs eagerly)
 
 
-COMMANDS = {"train": train_main}
+def predict_main(argv=None, prog: str = "predict.py") -> int:
+    """``xpcnn predict`` / ``scripts/predict.py``: classify image or array files with a trained
+    checkpoint.  Exit status 0 when every input was classified, 1 when some could not be (each has
+    its line), 2 on a usage error (bad checkpoint, backend or flags)."""
+    from .training.predict import Predictor, format_prediction
+
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Classify images with a network trained by xpcnn (any backend; the same preprocessing "
+                    "as in training: pixels scaled to [0, 1], the run's normalisation, no resizing).",
+        epilog="examples:\n"
+               "  python scripts/predict.py runs/latest/checkpoint.npz digit.png other.jpg\n"
+               "  python scripts/predict.py runs/latest/checkpoint.npz digits.npy --json --backend torch")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by training")
+    p.add_argument("inputs", nargs="+", help="image files (PNG, JPEG, BMP: needs xpcnn[image]) or arrays (.npy, "
+                                             ".npz with 'images' or 'x_test'), shaped like the training images")
+    p.add_argument("--backend", choices=BACKENDS, help="array library (default numpy; cupy when --device cuda)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, or an array_api_strict device")
+    p.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto", help="layout of 4-D array files")
+    p.add_argument("--json", action="store_true", help="one JSON list on stdout instead of lines")
+    args = p.parse_args(argv)
+    try:
+        backend = resolve(args.backend or default_backend_name(args.device), args.device)
+    except BackendError as exc:
+        return _one_line_error(p, str(exc))
+    try:
+        predictor = Predictor(args.checkpoint, backend)
+    except CheckpointError as exc:
+        p.error(f"checkpoint: {exc}")
+    predictions = predictor.classify(args.inputs, args.layout)
+    if args.json:
+        print(json.dumps([pr.as_dict() for pr in predictions], indent=2))
+    else:
+        for prediction in predictions:
+            print(format_prediction(prediction), file=sys.stderr if prediction.error else sys.stdout)
+    return EXIT_FAIL if any(pr.error for pr in predictions) else EXIT_OK
+
+
+COMMANDS = {"train": train_main, "predict": predict_main}
 
 
 def main(argv=None) -> int:
@@ -485,7 +523,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: xpcnn {{{','.join(COMMANDS)}}} ...\n\n  train    train a network, compare backends, resume "
-              "(xpcnn train --help)", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+              "(xpcnn train --help)\n  predict  classify images with a trained checkpoint (xpcnn predict --help)", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"xpcnn: error: unknown command {argv[0]!r}", file=sys.stderr)
             return EXIT_USAGE

@@ -1,0 +1,145 @@
+"""Applying a trained network: :class:`Predictor` loads a training checkpoint on any backend and
+classifies images with the preprocessing the run was trained with (scaling of uint8 pixels to
+[0, 1], the run's per-channel normalisation, no resizing), and :meth:`Predictor.classify` reads image files
+(PNG/JPEG/BMP through Pillow) and array files (``.npy``, ``.npz``) and classifies them,
+one problem per input and never a stop for the others.  ``xpcnn predict`` is the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import Backend, to_numpy
+from ..data import DataError, read_image, validate
+from .builders import build_model
+from .snapshot import read as read_checkpoint
+
+
+@dataclass
+class Prediction:
+    source: str  # the file, and the index within it for an array file ("digits.npy[3]")
+    label: int | None = None
+    name: str | None = None
+    probability: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        if self.error is not None:
+            return {"input": self.source, "error": self.error}
+        return {"input": self.source, "class": self.label, "name": self.name, "probability": self.probability}
+
+
+class Predictor:
+    """The network of a training checkpoint on ``backend``, ready to classify."""
+
+    def __init__(self, checkpoint, backend: Backend):
+        saved = read_checkpoint(checkpoint)  # checked whole: a CheckpointError names the file and field
+        self.config = config = saved.config
+        model = build_model(config).to("numpy", dtype=config.dtype)
+        model.load_state_dict(saved.model_state)
+        self.model, self.backend = model.to(backend), backend
+        stats = saved.normalization
+        self.normalize = None if stats is None else (np.asarray(stats["mean"]), np.asarray(stats["std"]))
+        if config.task == "binary":
+            self.names = ["digit <= 4", "digit > 4"]
+        else:
+            self.names = saved.class_names or [str(k) for k in range(config.classes)]
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (N, K) for host images (N, C, H, W) of the run's shape: softmax of the
+        logits, or (1 - O, O) for the binary task's one sigmoid output."""
+        from ..data import to_batch
+
+        xp, out = self.backend.xp, []
+        with self.model.inference():
+            for start in range(0, len(images), batch_size):
+                x = to_batch(images[start:start + batch_size], self.backend, self.config.dtype, normalize=self.normalize)
+                output = self.model(x)
+                if self.config.task == "binary":
+                    p = output[:, 0:1]
+                    output = xp.concat([1.0 - p, p], axis=1)
+                else:
+                    exp = xp.exp(output - xp.max(output, axis=1, keepdims=True))
+                    output = exp / xp.sum(exp, axis=1, keepdims=True)
+                out.append(to_numpy(output).astype(np.float64))
+        return np.concatenate(out) if out else np.zeros((0, len(self.names)))
+
+    def predict(self, sources: list[str], images: np.ndarray) -> list[Prediction]:
+        probabilities = self.probabilities(images)
+        labels = probabilities.argmax(axis=1)
+        return [Prediction(source, int(label), self.names[label], float(p[label]))
+                for source, label, p in zip(sources, labels, probabilities)]
+
+    def classify(self, paths: list[str], layout: str = "auto") -> list[Prediction]:
+        """One :class:`Prediction` per image of each file, in order; a file that cannot be read or
+        does not fit gets one Prediction with its error, and the others go on."""
+        entries = [read_input(path, self.config.image_shape, layout) for path in paths]
+        good = [batch for _, batch in entries if isinstance(batch, np.ndarray)]
+        if len({batch.dtype for batch in good}) > 1:  # uint8 files beside float arrays
+            good = [batch.astype(np.float32) for batch in good]
+        names = [name for names, batch in entries if isinstance(batch, np.ndarray) for name in names]
+        done = iter(self.predict(names, np.concatenate(good)) if good else [])
+        results = []
+        for names, batch in entries:
+            results += [next(done) for _ in names] if isinstance(batch, np.ndarray) else [batch]
+        return results
+
+
+def read_input(path: str, image_shape: tuple, layout: str = "auto"):
+    """(names, images (n, C, H, W)) of one image or array file, or (None, a Prediction with the error)."""
+    want = tuple(image_shape)
+    try:
+        if path.endswith((".npy", ".npz")):
+            batch = _read_array_file(path, layout)
+            names = [f"{path}[{index}]" for index in range(len(batch))]
+        else:
+            batch, names = read_image(path)[None], [path]
+            if batch.shape[1] != want[0] and {batch.shape[1], want[0]} <= {1, 3}:
+                batch = _convert_channels(batch, want[0])
+        if tuple(batch.shape[1:]) != want:
+            raise DataError(f"{path}: image of shape {tuple(batch.shape[1:])}, the network takes {want} "
+                            "(no resizing: give images like the training ones)")
+    except DataError as exc:
+        return None, Prediction(path, error=str(exc))
+    return names, batch
+
+
+def _read_array_file(path: str, layout: str) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # .npy
+            array = loaded
+        else:
+            with loaded:
+                key = next((k for k in ("images", "x_test", "x_train") if k in loaded.files), None)
+                if key is None:
+                    raise DataError(f"{path}: no 'images', 'x_test' or 'x_train' array "
+                                    f"(has {', '.join(loaded.files) or 'none'})")
+                array = loaded[key]
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except Exception as exc:  # a damaged or foreign file: OSError, ValueError, BadZipFile ...
+        raise DataError(f"{path}: not a readable array file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(array, np.ndarray) or array.ndim not in (2, 3, 4):
+        raise DataError(f"{path}: expected images (H, W), (N, H, W) or (N, C, H, W) / (N, H, W, C), "
+                        f"got shape {getattr(array, 'shape', None)}")
+    if array.ndim == 2:
+        array = array[None]
+    return validate(array, np.zeros(len(array), np.int64), path, layout=layout).images
+
+
+def _convert_channels(batch: np.ndarray, channels: int) -> np.ndarray:
+    """Grey <-> RGB for an image file whose mode differs from the training images' (ITU-R 601 luma)."""
+    if channels == 3:
+        return np.repeat(batch, 3, axis=1)
+    weights = np.array([0.299, 0.587, 0.114])[None, :, None, None]
+    return np.rint((batch * weights).sum(axis=1, keepdims=True)).astype(np.uint8)
+
+
+def format_prediction(prediction: Prediction) -> str:
+    if prediction.error is not None:
+        return f"{prediction.source}: error: {prediction.error.removeprefix(prediction.source + ': ')}"
+    return f"{prediction.source}: {prediction.name} (class {prediction.label}, p={prediction.probability:.4f})"
