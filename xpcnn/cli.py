@@ -71,6 +71,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    help="multiply the learning rate by this each epoch (default preset 0.8, article 1.0)")
     p.add_argument("--optimizer", choices=("sgd", "momentum", "adam", "adamw"),
                    help="sgd (the article's rule), momentum, adam, adamw (decoupled weight decay)")
+    p.add_argument("--shift", type=int, metavar="PIXELS",
+                   help="augmentation: shift each training image by up to this many pixels (default 2; article 0)")
     p.add_argument("--weight-decay", type=float, help="weight decay on every parameter (L2; decoupled for adamw)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="scale each channel by the training split's mean and std (stored in checkpoints; "
@@ -111,7 +113,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
 
 CONFIG_FLAGS = ("task", "epochs", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "seed", "init", "dtype",
-                "weight_decay", "normalize", "model")
+                "weight_decay", "normalize", "model", "shift")
 
 
 def _flag(field: str) -> str:
