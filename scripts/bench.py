@@ -63,6 +63,8 @@ def print_table(result: dict) -> None:
     for row in result["rows"]:
         for held, ratio in row.get("speed_vs_pytorch_threads", {}).items():
             print(f"  {row['impl']:<40} vs pytorch nn cpu, {held}: {ratio:.2f}x")
+        if row.get("speed_vs_torch_compile"):
+            print(f"  {row['impl']:<40} vs pytorch torch.compile reduce-overhead: {row['speed_vs_torch_compile']:.2f}x")
 
 
 def main(argv=None) -> int:

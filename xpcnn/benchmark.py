@@ -23,6 +23,7 @@ from .model import Sequential
 from .networks import article_network, bench_network
 from .optim import SGD
 from .training import make_executor
+from .training.compiled import compiled_executor, has_compiled_executor
 
 SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:CPU_DEVICE", "cupy:cuda", "torch:cuda", "jax:cuda"]
 
@@ -54,14 +55,15 @@ def batches_of(count: int, batch: int) -> list[np.ndarray]:
     return data.batch_indices(count, batch, np.random.default_rng(0))
 
 
-def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=1, chunk=None):
+def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=1, chunk=None, compiled=False):
     """A closure that trains xpcnn for one epoch on ``spec`` with the training engine's step executor:
     ``threads`` > 1 splits every batch over that many threads (BLAS one thread each), ``chunk`` runs
-    it as pieces of at most that many images (xpcnn.training.executors.SplitStep)."""
+    it as pieces of at most that many images (xpcnn.training.executors.SplitStep), ``compiled`` runs
+    each step compiled (jax.jit, a CUDA graph: xpcnn.training.compiled); the first call compiles."""
     backend = resolve(*parse_spec(spec))
     model = xpcnn_network(workload, filters).to(backend, dtype=dtype)
     loss_fn = MSELoss() if workload == "article" else SoftmaxCrossEntropyLoss()
-    executor = make_executor(threads, chunk)
+    executor = compiled_executor(backend) if compiled else make_executor(threads, chunk)
     executor.bind(model, loss_fn, SGD(0.1 if workload == "article" else 0.05), backend, dtype)
     batches = batches_of(len(images), batch)
 
@@ -76,9 +78,11 @@ def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=
     return epoch
 
 
-def torch_epoch(device, workload, images, targets, batch, filters, dtype, threads=None):
+def torch_epoch(device, workload, images, targets, batch, filters, dtype, threads=None, compile_mode=None):
     """The same network in PyTorch's own layers and autograd; ``threads``: run the epoch with
-    that many intra-op threads (``torch.set_num_threads``, restored after), else PyTorch's default."""
+    that many intra-op threads (``torch.set_num_threads``, restored after), else PyTorch's default;
+    ``compile_mode``: the training step under ``torch.compile(mode=...)`` (forward, backward and
+    the optimizer's step in one compiled function)."""
     import torch
 
     torch.manual_seed(0)
@@ -105,15 +109,22 @@ def torch_epoch(device, workload, images, targets, batch, filters, dtype, thread
         finally:
             torch.set_num_threads(default_threads)
 
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    if compile_mode:
+        step = torch.compile(step, mode=compile_mode)
+
     def train_epoch():
         for index in batches:
             x = torch.from_numpy(images[index]).to(device).to(tdtype) / 255.0
             y = torch.from_numpy(targets[index]).to(device)
             y = y.to(tdtype) if y.is_floating_point() else y
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
-            loss.backward()
-            optimizer.step()
+            step(x, y)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
@@ -188,7 +199,11 @@ def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=Tru
     images, targets = workload_data(workload, None)
     if workload == "article":
         batch = len(images)
-    epochs = {spec: xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype) for spec in specs}
+    epochs = {spec: xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype,
+                                compiled=False) for spec in specs}
+    for spec in specs:  # each compiled executor next to its eager twin
+        if has_compiled_executor(resolve(*parse_spec(spec))):
+            epochs[f"{spec} compiled"] = xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, compiled=True)
     if "numpy" in specs:  # the same NumPy code with each batch cut into shares (xpcnn.training.executors)
         pieces = f", chunks of {chunk}" if chunk else ""
         if chunk:
@@ -198,6 +213,9 @@ def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=Tru
                                                                     filters, dtype, threads, chunk)
     for device in torch_devices():
         epochs[f"torch-native:{device}"] = torch_epoch(device, workload, images, targets, batch, filters, dtype)
+        if device == "cuda":  # PyTorch's own CUDA-graph path: the strongest thing a user could pick instead
+            epochs["torch-native:cuda, torch.compile reduce-overhead"] = torch_epoch(
+                device, workload, images, targets, batch, filters, dtype, compile_mode="reduce-overhead")
         if device == "cpu":  # PyTorch held to fewer threads: the per-core comparison
             for count in torch_threads:
                 epochs[f"torch-native:cpu, {count} thread{'s' if count > 1 else ''}"] = torch_epoch(
@@ -219,6 +237,9 @@ def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=Tru
             native = by_spec.get(f"torch-native:{device}")
             row["speed_vs_pytorch"] = native["epoch_s"] / row["epoch_s"] if native else None
             row["speed_vs_naive"] = by_spec["naive"]["epoch_s"] / row["epoch_s"] if "naive" in by_spec else None
+            compiled = by_spec.get("torch-native:cuda, torch.compile reduce-overhead")
+            if device == "cuda" and compiled:
+                row["speed_vs_torch_compile"] = compiled["epoch_s"] / row["epoch_s"]
             if device == "cpu":  # against PyTorch held to N threads, where --torch-threads asked for it
                 row["speed_vs_pytorch_threads"] = {
                     spec.rsplit(", ", 1)[1]: held["epoch_s"] / row["epoch_s"]
