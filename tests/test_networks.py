@@ -88,3 +88,9 @@ def test_bad_json_architectures_name_the_layer(text, message):
     with pytest.raises(SpecError) as info:
         architecture_network(text, (1, 28, 28), 10)
     assert message in str(info.value)
+
+
+def test_a_layer_right_before_batch_norm_has_no_bias():
+    model = parse_spec("conv4k3-bn-relu-conv4k3-relu-flatten-dense8-bn-dense", (1, 9, 9), 3)
+    assert [getattr(layer, "bias", None) for layer in model.layers if layer.name in ("Conv2D", "Dense")] == \
+        [False, True, False, True]

@@ -337,7 +337,11 @@ def train_main(argv=None, prog: str = "train.py") -> int:
         executor = _executor(args, backend)
     except BackendError as exc:
         return _one_line_error(p, str(exc))
-    with Trainer(config, backend, model, executor=executor, extensions=extensions) as trainer:
+    try:
+        trainer = Trainer(config, backend, model, executor=executor, extensions=extensions)
+    except ValueError as exc:  # an executor that cannot run this model (SplitStep and BatchNorm)
+        p.error(str(exc))
+    with trainer:
         trainer.class_names = list(dataset.class_names) if dataset.class_names else None  # (a resume keeps its own)
         if args.resume:
             try:

@@ -81,7 +81,8 @@ A network spec is layer tokens joined by '-', applied in order to the images (C,
   dense<N> | dense             Dense with N outputs; a last 'dense' without N gets the task's outputs
                                (K classes, or 1 for the binary task, then followed by a sigmoid)
   dropout<P>                   Dropout with drop probability P, e.g. dropout0.5
-  bn                           BatchNorm2D after a conv layer, BatchNorm1D after flatten/dense
+  bn                           BatchNorm2D after a conv layer, BatchNorm1D after flatten/dense (the
+                               conv or dense layer right before it has no bias: bn cancels it)
 Input sizes (channels, features) follow from the images by shape inference.  Example:
   conv32k3p1-relu-maxpool2-conv64k3-relu-maxpool2-flatten-dense128-relu-dropout0.5-dense"""
 
@@ -112,6 +113,9 @@ def parse_spec(spec: str, image_shape: tuple, outputs: int, init: str = "he", se
     for index, token in enumerate(tokens):
         where = f"token {index + 1} {token!r}"
         last = index == len(tokens) - 1
+        # A bias right before batch normalisation is cancelled by it (its gradient is zero, and Adam
+        # turns that zero's rounding noise into steps): such a conv or dense layer has none.
+        before_bn = not last and tokens[index + 1] == "bn"
         match = None
         for kind, pattern in _TOKENS.items():
             match = pattern.fullmatch(token)
@@ -127,7 +131,7 @@ def parse_spec(spec: str, image_shape: tuple, outputs: int, init: str = "he", se
                     raise SpecError(f"{where}: a conv layer needs images (C, H, W), it gets shape {shape}")
                 filters, kernel, stride, padding, nobias = match.groups()
                 layer = Conv2D(shape[0], int(filters), int(kernel), stride=int(stride or 1), padding=int(padding or 0),
-                               bias=not nobias, init=init, rng=rng, im2col=im2col)
+                               bias=not (nobias or before_bn), init=init, rng=rng, im2col=im2col)
             elif kind in ("maxpool", "avgpool"):
                 kernel, stride = match.groups()
                 cls = MaxPool2D if kind == "maxpool" else AvgPool2D
@@ -139,7 +143,7 @@ def parse_spec(spec: str, image_shape: tuple, outputs: int, init: str = "he", se
                 width = int(match.group(1)) if match.group(1) else (outputs if last else None)
                 if width is None:
                     raise SpecError(f"{where}: give the width (dense<N>); only the last dense layer may omit it")
-                layer = Dense(shape[0], width, init=dense_init, rng=rng)
+                layer = Dense(shape[0], width, bias=not before_bn, init=dense_init, rng=rng)
             elif kind == "dropout":
                 from .regularization import Dropout
 
