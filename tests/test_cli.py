@@ -267,3 +267,40 @@ def test_console_command_dispatches_train(capsys, tmp_path, tiny_npz):
     with pytest.raises(SystemExit) as info:
         console(["train", "--epochs", "0", "--out", str(tmp_path)])
     assert info.value.code == 2 and "usage: xpcnn train" in capsys.readouterr().err
+
+
+def test_compare_passes_with_dropout_and_batch_norm(capsys, tmp_path, tiny_npz):
+    """Parity for the new layers: host-drawn dropout masks and batch statistics agree across backends
+    (float64), Adam included; the running statistics are compared like parameters."""
+    code = main(["--compare", "numpy,array_api_strict:device2", "--data", tiny_npz, "--optimizer", "adam",
+                 "--lr", "0.003", "--model", "conv4k5-bn-relu-maxpool2-flatten-dense16-relu-dropout0.3-dense",
+                 "--out", str(tmp_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "parity PASS (float64" in out and "1.running_mean" in out
+
+
+def test_a_colour_npz_trains_with_a_model_spec(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 160)
+    images = rng.integers(0, 150, (160, 13, 15, 3)).astype(np.uint8)  # channels last, as Keras stores colour
+    images[np.arange(160), :, :, labels % 3] += 100
+    path = tmp_path / "rgb.npz"
+    np.savez(path, x_train=images[:120], y_train=labels[:120], x_test=images[120:], y_test=labels[120:])
+    assert main(["--data", str(path), "--eval-data", str(path), "--model", "conv6k3p1-relu-maxpool2-flatten-dense",
+                 "--epochs", "2", "--batch-size", "20", "--shift", "1", "--normalize", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "final test" in out and "(120 training" not in out
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["config"]["image_shape"] == [3, 13, 15] and metrics["config"]["classes"] == 4
+    assert np.array(metrics["final"]["confusion_matrix"]).shape == (4, 4)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "conv4k3-dense"], "--model: token 2 'dense': a dense layer needs a flat input"),
+    (["--model", "flatten-dense5"], "--model: the network ends in shape (5,); the task needs 10 output(s)"),
+    (["--model", "/nonexistent/model.json"], "--model: /nonexistent/model.json: cannot read"),
+    (["--weight-decay", "-1"], "--weight-decay must be in [0, 1), got -1.0"),
+])
+def test_bad_models_and_settings_exit_2(capsys, tmp_path, argv, message):
+    assert message in usage_error(capsys, *argv, "--out", str(tmp_path / "out"))

@@ -102,9 +102,11 @@ def format_report(report: dict) -> str:
     for comparison in report["comparisons"]:
         lines.append("")
         lines.append(f"parameters: {comparison['backend']} vs {comparison['against']}")
-        lines.append(f"  {'name':<12} {'max |diff|':>12} {'max rel diff':>14}  result")
+        width = max([12] + [len(name) for name in comparison["parameters"]])
+        lines.append(f"  {'name':<{width}} {'max |diff|':>12} {'max rel diff':>14}  result")
         for name, p in comparison["parameters"].items():
-            lines.append(f"  {name:<12} {p['max_abs_diff']:12.3e} {p['max_rel_diff']:14.3e}  {'PASS' if p['pass'] else 'FAIL'}")
+            lines.append(f"  {name:<{width}} {p['max_abs_diff']:12.3e} {p['max_rel_diff']:14.3e}  "
+                         f"{'PASS' if p['pass'] else 'FAIL'}")
         lines.append(f"  losses: {'PASS' if comparison['loss_pass'] else 'FAIL'}")
     seconds = ", ".join(f"{b['backend']} {b['seconds']:.1f}s" for b in report["backends"])
     lines.append("")
