@@ -343,3 +343,16 @@ def test_bench_rank_rows_time_the_ranks_and_compare_them(mpi, monkeypatch):
     assert rows[1]["speed_vs_pytorch"] == pytest.approx(1.2) and rows[1]["speedup_vs_one_rank"] == pytest.approx(1.6)
     assert rows[1]["scaling_efficiency"] == pytest.approx(0.8) and rows[1]["images_per_s"] == pytest.approx(18000)
     assert "1.60x one rank (scaling efficiency 80%), gradient exchange 50 us" in benchmark_ranks.format_rank_rows(result)[1]
+
+
+def test_dropout_runs_data_parallel_bitwise_like_threads_and_batch_norm_is_refused(mpi, small, tmp_path):
+    """Each rank takes its share of the step's host-drawn dropout noise: 2 ranks are bitwise the
+    --threads 2 run.  BatchNorm needs the whole batch's statistics: a one-line exit 2."""
+    model = ["--model", "conv4k5-relu-maxpool2-flatten-dense16-relu-dropout0.3-dense", "--epochs", "1"]
+    assert train_main(flags(small, tmp_path / "threads", *model, "--threads", "2")) == 0
+    code, out, err = run(mpi, 2, dflags(small, tmp_path / "d", *model))
+    assert code == 0, out + err
+    assert_same_run(tmp_path / "d", tmp_path / "threads")
+    code, out, err = run(mpi, 2, dflags(small, tmp_path / "bn", "--model", "conv4k5-bn-relu-flatten-dense"))
+    assert code == 2 and "DataParallelStep: layer 1 (BatchNorm2D) computes statistics over the whole batch" in err
+    assert "Traceback" not in err

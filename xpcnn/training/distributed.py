@@ -49,7 +49,7 @@ import numpy as np
 
 from ..backend import from_numpy, limit_blas_threads, to_numpy
 from ..data import targets_to_batch, to_batch
-from .executors import SplitStep, StepExecutor, share_bounds
+from .executors import SplitStep, StepExecutor, refuse_batch_statistics, share_bounds
 
 EXTRA = "pip install 'xpcnn[mpi]'"
 REDUCTIONS = ("gather", "allreduce", "nccl")
@@ -162,6 +162,7 @@ class DataParallelStep(StepExecutor):
         return self.rank == 0
 
     def bind(self, model, loss_fn, optimizer, backend, dtype):
+        refuse_batch_statistics(model, "DataParallelStep", "--distributed")
         super().bind(model, loss_fn, optimizer, backend, dtype)
         self.layout, offset = [], 0  # (layer index, name, shape, offset, size), in parameter order
         for index, layer in enumerate(model.layers):
@@ -193,30 +194,35 @@ class DataParallelStep(StepExecutor):
             yield self
 
     # -- one step ---------------------------------------------------------------------------------
-    def to_device(self, images, targets):
+    def to_device(self, images, targets, noise: dict | None = None):
+        """This rank's share of the batch (and of the step's Dropout noise, drawn for the whole batch)."""
         n = len(images)
         shares = share_bounds(n, self.size)
         if self.rank >= len(shares):  # fewer images than ranks: this rank sits the batch out
-            return None, None, n, len(shares), 0, 0
+            return None, None, n, len(shares), 0, 0, None
         lo, hi = shares[self.rank]
+        if noise:
+            noise = {name: from_numpy(value[lo:hi], self.backend, self.dtype) for name, value in noise.items()}
         return (to_batch(images[lo:hi], self.backend, self.dtype, normalize=self.normalize),
-                targets_to_batch(targets[lo:hi], self.backend, self.dtype), n, len(shares), lo, hi)
+                targets_to_batch(targets[lo:hi], self.backend, self.dtype), n, len(shares), lo, hi, noise)
 
-    def _share_gradients(self, x, y, n, lo, hi):
+    def _share_gradients(self, x, y, n, lo, hi, noise=None):
         """This rank's weighted loss, leaving its weighted gradients in the model's layers."""
         weight = (hi - lo) / n
         if self.local is None:  # exactly SplitStep.gradients' arithmetic for one share
+            if noise:
+                self.model.set_noise(noise)
             loss = self.loss_fn(self.model(x), y) * weight
             self.model.backward(self.loss_fn.backward() * weight, input_grad=False)
             return loss
-        loss = self.local.gradients(x, y) * weight
+        loss = self.local.gradients(x, y, noise) * weight
         for layer in self.model.layers:
             layer.grads = {name: grad * weight for name, grad in layer.grads.items()}
         return loss
 
     def step(self, batch):
-        x, y, n, used, lo, hi = batch
-        loss = self._share_gradients(x, y, n, lo, hi) if x is not None else None
+        x, y, n, used, lo, hi, noise = batch
+        loss = self._share_gradients(x, y, n, lo, hi, noise) if x is not None else None
         if self.reduction == "nccl":
             if self.nccl is None:  # at the first step, where every rank is sure to be (a collective)
                 self.nccl = _NcclGather(self.comm, self.backend, self.count, self.dtype)

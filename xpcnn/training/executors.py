@@ -127,6 +127,16 @@ def _count(value, name: str, minimum: int) -> int:
     return value
 
 
+def refuse_batch_statistics(model, executor: str, flags: str) -> None:
+    """Executors that cut a batch into shares cannot run layers that need the whole batch's
+    statistics (BatchNorm: each share would use its own); a ValueError names the layer."""
+    for index, layer in enumerate(getattr(model, "layers", ())):
+        if getattr(layer, "buffers", None):
+            raise ValueError(f"{executor}: layer {index} ({layer.name}) computes statistics over the whole batch, "
+                             f"which shares cannot give (each share would use its own): train this model without "
+                             f"{flags}")
+
+
 def share_bounds(n: int, pieces: int) -> list[tuple[int, int]]:
     """Cut ``n`` rows into ``pieces`` contiguous shares as even as possible (empty ones dropped):
     share k is rows [n*k // pieces, n*(k+1) // pieces)."""
@@ -170,11 +180,7 @@ class SplitStep(StepExecutor):
         self.pool = None
 
     def bind(self, model, loss_fn, optimizer, backend, dtype):
-        for index, layer in enumerate(getattr(model, "layers", ())):
-            if getattr(layer, "buffers", None):  # BatchNorm: statistics of the whole batch
-                raise ValueError(f"SplitStep: layer {index} ({layer.name}) computes statistics over the whole "
-                                 "batch, which shares cannot give (each share would use its own): train this "
-                                 "model without --threads/--chunk")
+        refuse_batch_statistics(model, "SplitStep", "--threads/--chunk")
         super().bind(model, loss_fn, optimizer, backend, dtype)
         self.replicas = [copy.deepcopy(model) for _ in range(self.threads)]
         self.losses = [copy.deepcopy(loss_fn) for _ in range(self.threads)]
