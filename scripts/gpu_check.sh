@@ -8,8 +8,11 @@
 #    and torch-cuda, 3. the benchmark at batch 128 and 512 (NumPy on this machine's CPU against
 #    CuPy, PyTorch and JAX on the GPU), 4. where a CuPy and a torch-cuda step spend their time,
 #    5. the default training run on CuPy (with MNIST_DIR, an IDX folder holding the test set,
-#    its test accuracy).  Everything lands in OUTDIR (default runs/gpu); the exit status is
-#    non-zero if any step failed.
+#    its test accuracy), 6. compiled execution: parity of a CUDA-graph run (torch:cuda --compile)
+#    and a jax.jit run against NumPy, and training with --compile (the benchmark's "compiled" rows
+#    and PyTorch's torch.compile reduce-overhead row come with step 3), 7. two data-parallel ranks
+#    on the GPU(s) (NCCL where there are two GPUs, host staging otherwise).  Everything lands in
+#    OUTDIR (default runs/gpu); the exit status is non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu}
@@ -48,6 +51,19 @@ step "profile cupy" profile.log "$python" scripts/profile_step.py --backend cupy
 step "profile torch" profile_torch.log "$python" scripts/profile_step.py --backend torch:cuda --batch-size 512 --repeats 100
 step "train on cupy" train.log "$python" scripts/train.py --device cuda --out "$out/train" --quiet \
   ${mnist:+--eval-data "$mnist"}
+step "parity compiled" compare_compiled.log "$python" scripts/train.py --compare numpy,torch:cuda,jax:cuda --compile \
+  --out "$out/compare_compiled" --quiet
+step "train torch:cuda --compile" train_graph.log "$python" scripts/train.py --backend torch --device cuda --compile \
+  --out "$out/train_graph" --quiet ${mnist:+--eval-data "$mnist"}
+gpus=$("$python" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+mpiexec=$(dirname "$(command -v "$python")")/mpiexec
+if [ -x "$mpiexec" ]; then
+  reduction=$([ "$gpus" -ge 2 ] && echo nccl || echo gather)
+  step "2 ranks on cuda ($reduction)" distributed.log "$mpiexec" -n 2 "$python" scripts/train.py --distributed \
+    --device cuda --reduction "$reduction" --out "$out/distributed" --quiet --epochs 2
+else
+  echo "== 2 ranks on cuda: skipped (no mpiexec beside $python: pip install -e '.[mpi]')"
+fi
 
 if ((${#failed[@]})); then
   echo "FAILED: ${failed[*]}"
