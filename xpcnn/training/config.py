@@ -153,7 +153,7 @@ PRESETS = {
     "article": Config(preset="article", task="binary", epochs=20, batch_size=200, lr=0.1, optimizer="sgd",
                       momentum=0.0, loss="mse", init="uniform", train_count=200, shift=0, lr_decay=1.0),
     # LeNet-5 adapted (xpcnn.networks): conv 6, conv 16, dense 120, 84, K; tuned on the embedded digits
-    "lenet5": Config(preset="lenet5", epochs=20, batch_size=64, lr=0.05, lr_decay=0.85),
+    "lenet5": Config(preset="lenet5", epochs=40, batch_size=64, lr=0.05, lr_decay=0.92),
     # a small VGG for 3x32x32 (CIFAR-10-like): two conv blocks with batch norm, dense 128, dropout
     "vgg": Config(preset="vgg", image_shape=(3, 32, 32), epochs=20, batch_size=64, optimizer="adam", lr=1e-3,
                   lr_decay=0.9, normalize=True, weight_decay=5e-4),
