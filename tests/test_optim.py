@@ -40,16 +40,17 @@ def test_parameters_are_replaced_not_mutated():
     assert model.layers[0].params["weight"] is not weight
 
 
-@pytest.mark.parametrize("make", [lambda: (SGD(lr=0.1, momentum=0.9), "sgd"), lambda: (Adam(lr=0.01), "adam")],
-                         ids=["momentum", "adam"])
-def test_optimizers_match_torch(make):
-    torch = pytest.importorskip("torch")
-    optimizer, kind = make()
-    model = Sequential(Dense(3, 2, rng=1))
-    w = torch.tensor(model.layers[0].params["weight"], requires_grad=True)
-    b = torch.tensor(model.layers[0].params["bias"], requires_grad=True)
-    reference = (torch.optim.SGD([w, b], lr=0.1, momentum=0.9) if kind == "sgd" else torch.optim.Adam([w, b], lr=0.01))
-    for step in range(5):
+def _follow_torch(model, optimizer, reference, w, b, steps: int, halve_lr_at: int | None = None):
+    """Run ``optimizer`` on the Dense ``model`` and ``reference`` (a torch.optim optimizer of its
+    copies ``w``, ``b``) on the same batches (the learning rate halved at ``halve_lr_at``) and
+    check that the parameters agree to 1e-12."""
+    import torch
+
+    for step in range(steps):
+        if step == halve_lr_at:
+            optimizer.lr /= 2
+            for group in reference.param_groups:
+                group["lr"] /= 2
         _one_step(model, optimizer, model.backend, rng_seed=step)
         rng = np.random.default_rng(step)
         x = torch.tensor(rng.standard_normal((4, 3)))
@@ -59,6 +60,18 @@ def test_optimizers_match_torch(make):
         reference.step()
     np.testing.assert_allclose(model.layers[0].params["weight"], w.detach().numpy(), rtol=1e-12)
     np.testing.assert_allclose(model.layers[0].params["bias"], b.detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: (SGD(lr=0.1, momentum=0.9), "sgd"), lambda: (Adam(lr=0.01), "adam")],
+                         ids=["momentum", "adam"])
+def test_optimizers_match_torch(make):
+    torch = pytest.importorskip("torch")
+    optimizer, kind = make()
+    model = Sequential(Dense(3, 2, rng=1))
+    w = torch.tensor(model.layers[0].params["weight"], requires_grad=True)
+    b = torch.tensor(model.layers[0].params["bias"], requires_grad=True)
+    reference = (torch.optim.SGD([w, b], lr=0.1, momentum=0.9) if kind == "sgd" else torch.optim.Adam([w, b], lr=0.01))
+    _follow_torch(model, optimizer, reference, w, b, steps=5)
 
 
 def test_optimizer_state_round_trip(backend):
@@ -121,20 +134,7 @@ def test_weight_decay_matches_torch(kind):
     else:
         optimizer, reference = AdamW(lr=0.01), torch.optim.AdamW([w, b], lr=0.01)
         assert optimizer.weight_decay == reference.defaults["weight_decay"] == 0.01
-    for step in range(6):
-        if step == 3:
-            optimizer.lr /= 2
-            for group in reference.param_groups:
-                group["lr"] /= 2
-        _one_step(model, optimizer, model.backend, rng_seed=step)
-        rng = np.random.default_rng(step)
-        x = torch.tensor(rng.standard_normal((4, 3)))
-        y = torch.tensor(rng.standard_normal((4, 2)))
-        reference.zero_grad()
-        (0.5 * ((x @ w + b - y) ** 2).sum() / 4).backward()
-        reference.step()
-    np.testing.assert_allclose(model.layers[0].params["weight"], w.detach().numpy(), rtol=1e-12)
-    np.testing.assert_allclose(model.layers[0].params["bias"], b.detach().numpy(), rtol=1e-12)
+    _follow_torch(model, optimizer, reference, w, b, steps=6, halve_lr_at=3)
 
 
 def test_weight_decay_on_every_backend(backend):
