@@ -86,3 +86,27 @@ def xp_assert_close(actual, desired, *, xp=None, device=None, dtype=None, rtol: 
     if rtol is None:
         rtol = 4 * float(np.finfo(host_actual.dtype).eps) ** 0.5 if host_actual.dtype.kind in "fc" else 0.0
     np.testing.assert_allclose(host_actual, host_desired, rtol=rtol, atol=atol, err_msg=err_msg)
+
+
+def stop_at(epoch: int, step: int):
+    """An extension that requests a stop (as a signal would) once epoch ``epoch`` (from 1) has run
+    ``step`` steps; give the Trainer ``sync_every=1`` so that it sees every step."""
+    from xpcnn.training import Lambda
+
+    def check(trainer, values):
+        if trainer.state.epoch == epoch - 1 and trainer.state.step_in_epoch >= step:
+            trainer.stop_requested = True
+
+    return Lambda(on_losses=check)
+
+
+def refuse_host_reads(patch, array_type, names, what: str = "a training step") -> None:
+    """Make every way in ``names`` that an array of ``array_type`` reaches the host raise (with
+    ``patch``, a monkeypatch context): a test of 'no device -> host read inside a step'."""
+    def refuse(name):
+        def read(self, *args, **kwargs):
+            raise AssertionError(f"{what} called Array.{name}: a device -> host read")
+        return read
+
+    for name in names:
+        patch.setattr(array_type, name, refuse(name))

@@ -5,10 +5,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import refuse_host_reads, stop_at
 
 from xpcnn import data, resolve
 from xpcnn.backend import BackendError
-from xpcnn.training import PRESETS, Checkpointer, Lambda, Trainer
+from xpcnn.training import PRESETS, Checkpointer, Trainer
 from xpcnn.training.compiled import EagerGraphStandIn, JaxJitStep, TorchGraphStep, compiled_executor
 
 TRAIN = data.load_embedded().train.take(230)  # 50-image batches: four full ones and a partial one of 30
@@ -83,14 +84,8 @@ def test_jit_steps_read_nothing_back_from_the_device(jax_backend, monkeypatch):
         assert not {p for p in primitives if "callback" in p or "print" in p}, primitives
         array_type = type(batches[0][0])
 
-        def refuse(name):
-            def read(self, *args, **kwargs):
-                raise AssertionError(f"a compiled step called Array.{name}: a device -> host read")
-            return read
-
         with monkeypatch.context() as patch:
-            for name in HOST_READS:
-                patch.setattr(array_type, name, refuse(name))
+            refuse_host_reads(patch, array_type, HOST_READS, "a compiled step")
             losses = [executor.step(batch) for batch in batches]
             with pytest.raises(AssertionError, match="device -> host read"):
                 float(losses[0])  # the patch does catch a read
@@ -101,13 +96,9 @@ def test_jit_run_resumes_bitwise(jax_backend, tmp_path):
     cfg = config("momentum")
     straight = train(cfg, jax_backend, JaxJitStep())
 
-    def stop(trainer, values):
-        if trainer.state.epoch == 1 and trainer.state.step_in_epoch == 2:
-            trainer.stop_requested = True
-
     path = tmp_path / "c.npz"
     with Trainer(cfg, jax_backend, executor=JaxJitStep(), sync_every=1,
-                 extensions=[Lambda(on_losses=stop), Checkpointer(path)]) as first:
+                 extensions=[stop_at(2, 2), Checkpointer(path)]) as first:
         with pytest.raises(Exception, match="interrupted at epoch 2, step 2"):
             first.fit(TRAIN)
     with Trainer(cfg, jax_backend, executor=JaxJitStep()) as resumed:

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from helpers import xp_assert_close
+from helpers import stop_at, xp_assert_close
 from xpcnn import data, resolve
 from xpcnn.backend import to_numpy
 from xpcnn.gradcheck import assert_gradients_ok
@@ -427,13 +427,9 @@ def test_checkpoint_resume_with_a_spec_network(cpu_backend, tmp_path, jit):
         straight.fit(TRAIN)
     assert {"1.running_mean", "7.running_var"} <= set(straight.model.state_dict())
 
-    def stop(trainer, values):
-        if trainer.state.epoch == 1 and trainer.state.step_in_epoch == 1:
-            trainer.stop_requested = True
-
     path = tmp_path / "c.npz"
     with Trainer(cfg, cpu_backend, executor=make(), sync_every=1,
-                 extensions=[Lambda(on_losses=stop), Checkpointer(path)]) as first:
+                 extensions=[stop_at(2, 1), Checkpointer(path)]) as first:
         with pytest.raises(Exception, match="interrupted at epoch 2, step 1"):
             first.fit(TRAIN)
     with Trainer(cfg, cpu_backend, executor=make()) as resumed:

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import refuse_host_reads
 
 from xpcnn import data, resolve
 from xpcnn.checkpoint import CheckpointError
@@ -157,14 +158,8 @@ def test_a_training_step_reads_nothing_back_from_the_device(preset, small, monke
     targets = data.task_targets(train.labels, config.task)
     array_type = type(array_api_strict.asarray(0.0))
 
-    def refuse(name):
-        def read(self, *args, **kwargs):
-            raise AssertionError(f"a training step called Array.{name}: a device -> host read")
-        return read
-
     with monkeypatch.context() as patch:
-        for name in HOST_READS:
-            patch.setattr(array_type, name, refuse(name))
+        refuse_host_reads(patch, array_type, HOST_READS)
         losses = [trainer.step(train.images[i:i + 32], targets[i:i + 32]) for i in range(0, 96, 32)]
     trainer._sync(losses, trainer.extensions)
     assert len(trainer.state.step_losses) == 3 and all(np.isfinite(trainer.state.step_losses))
