@@ -107,24 +107,24 @@ def steps_and_losses(step_in_epoch, global_step):
     return edit
 
 
-def param_edit(name, value):
+def array_edit(group: str, name: str, value):
+    """Edit (or with MISSING delete) array ``name`` of ``group`` ("param" or "optim")."""
     def edit(params, optim, meta):
+        arrays = params if group == "param" else optim
         if value is MISSING:
-            del params[name]
+            del arrays[name]
         else:
-            params[name] = value(params.get(name)) if callable(value) else value
-    edit.__name__ = f"param/{name}={getattr(value, '__name__', None) or type(value).__name__}"
+            arrays[name] = value(arrays.get(name)) if callable(value) else value
+    edit.__name__ = f"{group}/{name}={getattr(value, '__name__', None) or type(value).__name__}"
     return edit
+
+
+def param_edit(name, value):
+    return array_edit("param", name, value)
 
 
 def optim_edit(name, value):
-    def edit(params, optim, meta):
-        if value is MISSING:
-            del optim[name]
-        else:
-            optim[name] = value(optim.get(name)) if callable(value) else value
-    edit.__name__ = f"optim/{name}={getattr(value, '__name__', None) or type(value).__name__}"
-    return edit
+    return array_edit("optim", name, value)
 
 
 def with_nan(array):

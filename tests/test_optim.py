@@ -14,21 +14,25 @@ def _one_step(model, optimizer, backend, rng_seed=0):
     optimizer.step(model)
 
 
-def test_sgd_is_the_articles_rule(backend):
+def _sgd_step(backend, **options):
+    """One SGD(lr=0.5, **options) step of a Dense layer on an MSE batch: (before, gradients, after)."""
     model = Sequential(Dense(3, 2, rng=1)).to(backend, dtype="float64")
     before = model.state_dict()
-    loss_grads = {}
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((4, 3)), "float64")
     y = backend.asarray(rng.standard_normal((4, 2)), "float64")
     loss = MSELoss()
     loss(model(x), y)
     model.backward(loss.backward())
-    loss_grads = {k: to_numpy(v) for k, v in model.grads.items()}
-    SGD(lr=0.5).step(model)
-    after = model.state_dict()
+    grads = {k: to_numpy(v) for k, v in model.grads.items()}
+    SGD(lr=0.5, **options).step(model)
+    return before, grads, model.state_dict()
+
+
+def test_sgd_is_the_articles_rule(backend):
+    before, grads, after = _sgd_step(backend)
     for name in before:
-        np.testing.assert_allclose(after[name], before[name] - 0.5 * loss_grads[name], rtol=1e-15)
+        np.testing.assert_allclose(after[name], before[name] - 0.5 * grads[name], rtol=1e-15)
 
 
 def test_parameters_are_replaced_not_mutated():
@@ -139,17 +143,8 @@ def test_weight_decay_matches_torch(kind):
 
 def test_weight_decay_on_every_backend(backend):
     """One SGD step with weight decay: new = old - lr (grad + wd old), on every backend."""
-    model = Sequential(Dense(3, 2, rng=1)).to(backend, dtype="float64")
-    before = model.state_dict()
-    rng = np.random.default_rng(0)
-    x = backend.asarray(rng.standard_normal((4, 3)), "float64")
-    y = backend.asarray(rng.standard_normal((4, 2)), "float64")
-    loss = MSELoss()
-    loss(model(x), y)
-    model.backward(loss.backward())
-    grads = {k: to_numpy(v) for k, v in model.grads.items()}
-    SGD(lr=0.5, weight_decay=0.1).step(model)
-    for name, value in model.state_dict().items():
+    before, grads, after = _sgd_step(backend, weight_decay=0.1)
+    for name, value in after.items():
         np.testing.assert_allclose(value, before[name] - 0.5 * (grads[name] + 0.1 * before[name]), rtol=1e-14)
 
 
