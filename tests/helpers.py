@@ -110,3 +110,20 @@ def refuse_host_reads(patch, array_type, names, what: str = "a training step") -
 
     for name in names:
         patch.setattr(array_type, name, refuse(name))
+
+
+def interrupt_and_resume(config, backend, make_executor, train, path, epoch: int, step: int):
+    """Train ``config`` until a stop request after ``step`` steps of epoch ``epoch`` (a checkpoint
+    at ``path``), then resume it in a new Trainer and train to the end: (interrupted, resumed)."""
+    import pytest
+
+    from xpcnn.training import Checkpointer, Interrupted, Trainer
+
+    with Trainer(config, backend, executor=make_executor(), sync_every=1,
+                 extensions=[stop_at(epoch, step), Checkpointer(path)]) as first:
+        with pytest.raises(Interrupted, match=f"interrupted at epoch {epoch}, step {step}"):
+            first.fit(train)
+    with Trainer(config, backend, executor=make_executor()) as resumed:
+        resumed.resume(path)
+        resumed.fit(train)
+    return first, resumed

@@ -5,11 +5,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-from helpers import refuse_host_reads, stop_at
+from helpers import interrupt_and_resume, refuse_host_reads
 
 from xpcnn import data, resolve
 from xpcnn.backend import BackendError
-from xpcnn.training import PRESETS, Checkpointer, Trainer
+from xpcnn.training import PRESETS, Trainer
 from xpcnn.training.compiled import EagerGraphStandIn, JaxJitStep, TorchGraphStep, compiled_executor
 
 TRAIN = data.load_embedded().train.take(230)  # 50-image batches: four full ones and a partial one of 30
@@ -96,14 +96,7 @@ def test_jit_run_resumes_bitwise(jax_backend, tmp_path):
     cfg = config("momentum")
     straight = train(cfg, jax_backend, JaxJitStep())
 
-    path = tmp_path / "c.npz"
-    with Trainer(cfg, jax_backend, executor=JaxJitStep(), sync_every=1,
-                 extensions=[stop_at(2, 2), Checkpointer(path)]) as first:
-        with pytest.raises(Exception, match="interrupted at epoch 2, step 2"):
-            first.fit(TRAIN)
-    with Trainer(cfg, jax_backend, executor=JaxJitStep()) as resumed:
-        resumed.resume(path)
-        resumed.fit(TRAIN)
+    _, resumed = interrupt_and_resume(cfg, jax_backend, JaxJitStep, TRAIN, tmp_path / "c.npz", epoch=2, step=2)
     for name, value in straight.model.state_dict().items():
         np.testing.assert_array_equal(resumed.model.state_dict()[name], value, err_msg=name)
     assert resumed.state.step_losses == straight.state.step_losses
