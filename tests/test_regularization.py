@@ -411,15 +411,20 @@ def test_graph_step_bookkeeping_with_dropout_and_batchnorm():
 SPEC = "conv4k5nb-bn-relu-maxpool2-flatten-dropout0.3-dense16-bn-relu-dropout0.5-dense"
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-def test_checkpoint_resume_with_a_spec_network(cpu_backend, tmp_path, jit):
+def test_checkpoint_resume_with_a_spec_network(cpu_backend, tmp_path):
     """A --model spec with BatchNorm and Dropout through a real checkpoint (Checkpointer on an
     interrupt, Trainer.resume): bitwise the straight run, running statistics included."""
-    if jit and cpu_backend.name != "jax":
-        pytest.skip("jax.jit runs on JAX")
+    _resume_spec_network(cpu_backend, tmp_path, lambda: None)
+
+
+def test_checkpoint_resume_with_a_spec_network_under_jit(tmp_path):
     from xpcnn.training.compiled import JaxJitStep
 
-    make = (lambda: JaxJitStep()) if jit else (lambda: None)
+    pytest.importorskip("jax")
+    _resume_spec_network(resolve("jax", "cpu"), tmp_path, JaxJitStep)
+
+
+def _resume_spec_network(cpu_backend, tmp_path, make):
     cfg = _config(model=SPEC, epochs=2)
     with Trainer(cfg, cpu_backend, executor=make()) as straight:
         straight.fit(TRAIN)
