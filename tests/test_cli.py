@@ -304,3 +304,16 @@ def test_a_colour_npz_trains_with_a_model_spec(capsys, tmp_path):
 ])
 def test_bad_models_and_settings_exit_2(capsys, tmp_path, argv, message):
     assert message in usage_error(capsys, *argv, "--out", str(tmp_path / "out"))
+
+
+def test_compare_fits_the_config_to_the_data(capsys, tmp_path):
+    """--compare on colour data of another size: the run takes the data's shape and classes."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rgb.npz", x_train=rng.integers(0, 255, (60, 9, 11, 3)).astype(np.uint8),
+             y_train=rng.integers(0, 3, 60))
+    assert main(["--compare", "numpy,array_api_strict", "--data", str(tmp_path / "rgb.npz"), "--model",
+                 "conv4k3-relu-flatten-dense", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "parity PASS" in capsys.readouterr().out
+    line = usage_error(capsys, "--compare", "numpy,array_api_strict", "--data", str(tmp_path / "rgb.npz"),
+                       "--out", str(tmp_path / "o"))
+    assert "--preset default: preset 'default' is MNIST's network (1x28x28 images); these images are 3x9x11" in line

@@ -230,6 +230,19 @@ def _setup(p: argparse.ArgumentParser, args, resolve_backend):
         p.error(f"--eval-data: {args.eval_data} has no test split")
     if evaluation is not None and evaluation.image_shape != dataset.image_shape:
         p.error(f"--eval-data: its images are {_shape(evaluation.image_shape)}, the training images {_shape(dataset.image_shape)}")
+    config = _fit_to_data(p, args, config, dataset)
+    model = build_model(config)  # (checked by _fit_to_data)
+    final = evaluation.test if evaluation is not None else dataset.validation
+    extensions = standard_extensions(
+        out=args.out, test=final, test_label=f"test ({args.eval_data})" if evaluation is not None else "validation",
+        source=dataset.source, verbose=True, progress=not args.quiet,
+        plot_image=(final or dataset.train).images[0] if args.plot else None)
+    return config, backend, dataset, model, extensions
+
+
+def _fit_to_data(p: argparse.ArgumentParser, args, config, dataset):
+    """The Config with the data's image shape and classes (a resumed run must have the same ones),
+    and its network checked against them by shape inference."""
     if args.resume:
         if (config.image_shape, config.classes) != (dataset.image_shape, dataset.classes):
             p.error(f"--data: the checkpoint's run trained on {_shape(config.image_shape)} images of {config.classes} "
@@ -240,15 +253,10 @@ def _setup(p: argparse.ArgumentParser, args, resolve_backend):
         except ConfigError as exc:
             p.error(f"{_flag(exc.field)} {exc.problem}")
     try:
-        model = build_model(config)
+        build_model(config)
     except ValueError as exc:  # SpecError: a spec or preset that does not fit the images
         p.error(f"--model: {exc}" if config.model else f"--preset {config.preset}: {exc}")
-    final = evaluation.test if evaluation is not None else dataset.validation
-    extensions = standard_extensions(
-        out=args.out, test=final, test_label=f"test ({args.eval_data})" if evaluation is not None else "validation",
-        source=dataset.source, verbose=True, progress=not args.quiet,
-        plot_image=(final or dataset.train).images[0] if args.plot else None)
-    return config, backend, dataset, model, extensions
+    return config
 
 
 class _BackendProblem(Exception):
@@ -275,7 +283,8 @@ def run_compare(p, args) -> int:
     if args.dtype is None:
         args.dtype = parity_mod.COMPARE_DTYPE
     config = _config(p, args)
-    dataset = _load_data(p, args.data, "--data")
+    dataset = _load_data(p, args.data, "--data", args)
+    config = _fit_to_data(p, args, config, dataset)
     print(f"parity: {', '.join(specs)}; preset {config.preset}, {config.dtype}, {config.epochs} epoch(s), "
           f"{len(dataset.train) if config.train_count is None else min(config.train_count, len(dataset.train))} "
           f"training images ({dataset.source})", flush=True)
