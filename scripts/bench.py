@@ -67,6 +67,17 @@ def print_table(result: dict) -> None:
             print(f"  {row['impl']:<40} vs pytorch torch.compile reduce-overhead: {row['speed_vs_torch_compile']:.2f}x")
 
 
+def counts(parser, flag: str, text: str) -> list[int]:
+    """A flag's comma-separated integers >= 1 (an empty string: none); a usage error otherwise."""
+    try:
+        values = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"{flag} takes comma-separated integers, got {text!r}")
+    if values and min(values) < 1:
+        parser.error(f"{flag} must be >= 1, got {text!r}")
+    return values
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -112,20 +123,10 @@ def main(argv=None) -> int:
         parser.error("--batch-sizes and --filters take comma-separated integers")
     if min(batch_sizes) < 1 or min(filter_counts) < 1:
         parser.error("--batch-sizes and --filters must be >= 1")
-    try:
-        torch_threads = [int(n) for n in args.torch_threads.split(",") if n.strip()]
-    except ValueError:
-        parser.error(f"--torch-threads takes comma-separated integers, got {args.torch_threads!r}")
-    if torch_threads and min(torch_threads) < 1:
-        parser.error(f"--torch-threads must be >= 1, got {args.torch_threads!r}")
+    torch_threads = counts(parser, "--torch-threads", args.torch_threads)
     if torch_threads and importlib.util.find_spec("torch") is None:
         parser.error("--torch-threads needs PyTorch: pip install torch")
-    try:
-        ranks = [int(n) for n in args.ranks.split(",") if n.strip()]
-    except ValueError:
-        parser.error(f"--ranks takes comma-separated integers, got {args.ranks!r}")
-    if ranks and min(ranks) < 1:
-        parser.error(f"--ranks must be >= 1, got {args.ranks!r}")
+    ranks = counts(parser, "--ranks", args.ranks)
     if ranks and (importlib.util.find_spec("mpi4py") is None or benchmark_ranks.find_mpiexec() is None):
         parser.error("--ranks needs mpi4py and mpiexec: pip install 'xpcnn[mpi]'")
     # Check what would fail at the end before spending minutes on timings.
