@@ -15,9 +15,10 @@ timings synchronise the device before the clock is read.  On NumPy it also times
 with each batch run as pieces of --chunk images, and over --threads threads (xpcnn.training.executors).
 PyTorch uses every core by default; --torch-threads 1 (or 1,2,...) adds PyTorch rows held to
 that many threads and prints each xpcnn CPU row against them: the per-core comparison.
---ranks 2 (or 2,4,...) adds xpcnn on NumPy data-parallel over that many MPI ranks, and over one,
-each run by mpiexec from here after the in-process rows (xpcnn.benchmark_ranks), with the scaling
-efficiency against one rank and the gradient exchange per step.
+--ranks 2 (or 2,4,...) adds xpcnn on NumPy data-parallel over that many MPI ranks, each rank on one
+core: one mpiexec job per rank count, run from here after the in-process rows
+(xpcnn.benchmark_ranks), which times N ranks, one rank and PyTorch's network round-robin, and
+gives the speed-up over one rank, the ratio to that PyTorch and the gradient exchange per step.
 Before timing it sets OPENBLAS_THREAD_TIMEOUT and glibc's malloc thresholds (xpcnn.training.hostmem)
 for every implementation alike; the JSON records both.
 

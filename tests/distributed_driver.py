@@ -3,6 +3,7 @@
 
     python distributed_driver.py raise DATA     rank 1 raises at the end of epoch 1 (the job must abort)
     python distributed_driver.py params DATA    rank 1 starts from other parameters (a RankMismatch)
+    python distributed_driver.py blas DATA      prints each rank's BLAS threads outside and inside a step
 """
 
 import dataclasses
@@ -29,6 +30,16 @@ def main(job, mode: str, path: str) -> int:
 
     with Trainer(config, resolve("numpy"), model, executor=DataParallelStep(job.comm),
                  extensions=[Lambda(on_epoch_end=fail)] if mode == "raise" else []) as trainer:
+        if mode == "blas":
+            from threadpoolctl import threadpool_info
+
+            def blas_threads():
+                return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+            outside = blas_threads()
+            with trainer.executor.running():
+                print(f"rank {job.rank}: BLAS threads {outside} outside a step, {blas_threads()} inside", flush=True)
+            return 0
         try:
             trainer.executor.check_same_run(trainer)
         except RankMismatch as exc:

@@ -55,24 +55,24 @@ def mpi():
     return MPIEXEC
 
 
-def _env(tag=None):
-    env = dict(os.environ, MPIEXEC_TIMEOUT="60", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=ROOT)
+def _env(tag=None, blas_threads=1):
+    env = dict(os.environ, MPIEXEC_TIMEOUT="60", OPENBLAS_NUM_THREADS=str(blas_threads),
+               OMP_NUM_THREADS=str(blas_threads), PYTHONPATH=ROOT)
     if tag:
         env["XPCNN_TEST_TAG"] = tag  # marks this job's processes, to find a rank by its pid
     return env
 
 
-def launch(mpiexec, ranks, args, script=SCRIPT, tag=None, mpmd=None):
+def launch(mpiexec, ranks, args, script=SCRIPT, tag=None, mpmd=None, blas_threads=1):
     """Start ``mpiexec -n ranks python script args...`` (or an MPMD line from ``mpmd``, a list of
-    (ranks, args) pairs) in its own session."""
+    (ranks, args) pairs) in its own session, BLAS allowed ``blas_threads`` threads."""
     if mpmd is None:
         mpmd = [(ranks, args)]
     command = [mpiexec]
     for index, (count, extra) in enumerate(mpmd):
         command += ([":"] if index else []) + ["-n", str(count), sys.executable, script, *extra]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tag),
-                            start_new_session=True)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(tag, blas_threads), start_new_session=True)
 
 
 def finish(process, timeout=60):
@@ -265,6 +265,16 @@ def test_rank_that_raises_aborts_the_whole_job(mpi, small):
     assert "RuntimeError: rank 1 failed on purpose after epoch 1" in err
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_rank_runs_blas_on_one_thread_even_alone(mpi, small, ranks):
+    """One core per rank (launch one per core): a lone rank too, so that one rank is the measure of
+    what each of many does (bench.py's scaling efficiency)."""
+    code, out, err = run(mpi, ranks, ["blas", small], script=DRIVER, blas_threads=2)
+    assert code == 0, out + err
+    for rank in range(ranks):
+        assert f"rank {rank}: BLAS threads [2] outside a step, [1] inside" in out, out
+
+
 def test_ranks_that_disagree_are_named_and_exit_2(mpi, small, tmp_path):
     code, out, err = run(mpi, 2, ["params", small], script=DRIVER)
     assert code == 2, out + err
@@ -330,19 +340,26 @@ def test_nccl_reduction_equals_host_gather_on_gpus(mpi, small, tmp_path):
 def test_bench_rank_rows_time_the_ranks_and_compare_them(mpi, monkeypatch):
     from xpcnn import benchmark_ranks
 
-    record = benchmark_ranks.run_ranks(2, "article", 200, 3, "float32", 1, None)  # a real 2-rank job
+    record = benchmark_ranks.run_ranks(2, "article", 200, 3, "float32", 2, None)  # a real 2-rank job
     assert record["ranks"] == 2 and record["epoch_s"] > 0 and record["comm_us_per_step"] > 0
     assert record["comm_bytes_per_step"] == 2 * 4 * (record["parameters"] + 1)  # float32, every rank's vector
-    fake = {1: 0.4, 2: 0.25}
-    monkeypatch.setattr(benchmark_ranks, "run_ranks", lambda n, *args: dict(
-        record, ranks=n, epoch_s=fake[n], images=4500, comm_us_per_step=50.0, steps_per_epoch=36))
+    # one rank and PyTorch were timed round-robin with the ranks, in the same job
+    assert len(record["times"]) == len(record["one_rank_times"]) == len(record["torch_times"]) == 2
+    assert record["one_rank_s"] > 0 and record["torch_cpu_s"] > 0
+    fake = dict(record, epoch_s=0.25, one_rank_s=0.4, one_rank_times=[0.4], torch_cpu_s=0.3, images=4500,
+                comm_us_per_step=50.0, steps_per_epoch=36)
+    launched = []
+    monkeypatch.setattr(benchmark_ranks, "run_ranks", lambda n, *args: launched.append(n) or dict(fake, ranks=n))
     result = {"workload": "bench", "batch": 128, "filters": 8, "dtype": "float32", "repeats": 1,
-              "rows": [{"spec": "torch-native:cpu", "epoch_s": 0.3}]}
+              "rows": [{"spec": "torch-native:cpu", "epoch_s": 0.6}]}  # the in-job PyTorch time counts, not this
     rows = benchmark_ranks.add_rank_rows(result, [2], 64)
-    assert [row["ranks"] for row in rows] == [1, 2]
+    assert launched == [2] and [row["ranks"] for row in rows] == [1, 2]
+    assert rows[0]["epoch_s"] == 0.4 and rows[0]["speed_vs_pytorch"] == pytest.approx(0.75)
     assert rows[1]["speed_vs_pytorch"] == pytest.approx(1.2) and rows[1]["speedup_vs_one_rank"] == pytest.approx(1.6)
     assert rows[1]["scaling_efficiency"] == pytest.approx(0.8) and rows[1]["images_per_s"] == pytest.approx(18000)
-    assert "1.60x one rank (scaling efficiency 80%), gradient exchange 50 us" in benchmark_ranks.format_rank_rows(result)[1]
+    lines = benchmark_ranks.format_rank_rows(result)
+    assert "1.60x one rank (scaling efficiency 80%), gradient exchange 50 us" in lines[0]
+    assert "PyTorch CPU (0.3000 s) timed round-robin" in lines[1]
 
 
 def test_dropout_runs_data_parallel_bitwise_like_threads_and_batch_norm_is_refused(mpi, small, tmp_path):

@@ -437,7 +437,7 @@ def _train_distributed(argv, prog: str, job) -> int:
                 p, args, lambda name, device: resolve(name, rank_device(name, device, job.local_rank)))
         except _BackendProblem as exc:
             raise _SetupFailed(str(exc)) from None
-        executor = DataParallelStep(job.comm, args.reduction or "gather", args.chunk, local_size=job.local_size)
+        executor = DataParallelStep(job.comm, args.reduction or "gather", args.chunk)
         trainer = Trainer(config, backend, model, executor=executor, extensions=extensions)
         trainer.class_names = list(dataset.class_names) if dataset.class_names else None
         if args.resume:

@@ -130,13 +130,13 @@ class DataParallelStep(StepExecutor):
     """Each rank computes its share of every batch; gradients are summed in rank order (module
     docstring).  ``comm``: an mpi4py communicator (default ``COMM_WORLD``; give a duplicate,
     ``comm.Dup()``, when other code runs collectives on it too).  Every rank must construct, bind,
-    step, stop and evaluate alike: these are collectives (``local_size``, the ranks on this machine,
-    spares the constructor's).  ``reduction``: "gather" (bitwise-equal to ``--threads N``),
+    step, stop and evaluate alike: these are collectives.  A CPU rank runs BLAS on one thread:
+    launch one rank per core.  ``reduction``: "gather" (bitwise-equal to ``--threads N``),
     "allreduce" (repeatable, not bitwise-equal) or "nccl" (GPU ranks).  ``chunk``: run the rank's
     share as pieces of at most that many images (the same step up to float rounding; then not
     bitwise-equal to the threaded run)."""
 
-    def __init__(self, comm=None, reduction: str = "gather", chunk: int | None = None, local_size: int | None = None):
+    def __init__(self, comm=None, reduction: str = "gather", chunk: int | None = None):
         if reduction not in REDUCTIONS:
             raise ValueError(f"DataParallelStep: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
@@ -144,8 +144,6 @@ class DataParallelStep(StepExecutor):
         self.MPI = mpi()
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self.rank, self.size = self.comm.rank, self.comm.size
-        # Ranks on this machine (they share its cores); finding out is a collective.
-        self.local_size = local_size if local_size is not None else local_rank(self.comm)[1]
         self.reduction, self.chunk = reduction, chunk
         self.signal = 0  # set by a signal handler (the CLI's): which signal asked to stop
         self.agreed_signal = 0  # after should_stop said True: the largest signal number any rank got
@@ -173,9 +171,11 @@ class DataParallelStep(StepExecutor):
                 offset += size
         self.count = offset + 1  # every gradient, then the weighted loss
         self.host_dtype = np.dtype(dtype)
-        self.send = np.zeros(self.count, self.host_dtype)
-        self.recv = np.empty((self.size, self.count), self.host_dtype)
-        self.bytes_per_step = self.recv.nbytes if self.reduction != "allreduce" else 2 * self.send.nbytes
+        # Host buffers: Allgather fills one row per rank; Allreduce sends one vector.
+        gather = self.reduction != "allreduce"
+        self.recv = np.zeros((self.size if gather else 0, self.count), self.host_dtype)
+        self.send = None if gather else np.zeros(self.count, self.host_dtype)
+        self.bytes_per_step = self.recv.nbytes if gather else 2 * self.send.nbytes
         if self.chunk is not None:
             self.local = SplitStep(1, self.chunk)
             self.local.bind(model, loss_fn, optimizer, backend, dtype)
@@ -187,10 +187,9 @@ class DataParallelStep(StepExecutor):
         if "cuda" in self.backend.label:
             yield self
             return
-        # Ranks on one machine share its cores: BLAS gets this rank's part of them (1 thread where
-        # there are as many ranks as cores), or BLAS's worker threads and the ranks fight.
-        threads = max(1, (os.cpu_count() or 1) // self.local_size)
-        with limit_blas_threads(self.backend, threads):
+        # One core per rank: BLAS on one thread, or BLAS's worker threads and the ranks fight over
+        # the cores (and a lone rank would be no measure of what one rank of many does).
+        with limit_blas_threads(self.backend, 1):
             yield self
 
     # -- one step ---------------------------------------------------------------------------------
@@ -233,7 +232,10 @@ class DataParallelStep(StepExecutor):
         return loss
 
     def _reduce_on_host(self, loss, used: int):
-        send, packing = self.send, time.perf_counter()
+        # Allgather: each rank packs into its own row of the receive buffer, which the gather then
+        # fills in place (one copy fewer).  Allreduce: a send buffer of its own.
+        gather = self.reduction != "allreduce"
+        send, packing = (self.recv[self.rank] if gather else self.send), time.perf_counter()
         if loss is None:
             send[:] = 0
         else:
@@ -244,11 +246,11 @@ class DataParallelStep(StepExecutor):
         if self.timing_barrier:
             self.comm.Barrier()
         started = time.perf_counter()
-        if self.reduction == "allreduce":
+        if not gather:
             total = np.empty_like(send)
             self.comm.Allreduce(send, total, op=self.MPI.SUM)
         else:
-            self.comm.Allgather(send, self.recv)
+            self.comm.Allgather(self.MPI.IN_PLACE, self.recv)
             total = self.recv[0].copy() if used == 1 else self.recv[0] + self.recv[1]
             for row in range(2, used):  # left fold in rank order: ((g0 + g1) + g2) + ...
                 total += self.recv[row]
