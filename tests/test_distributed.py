@@ -359,7 +359,8 @@ def test_bench_rank_rows_time_the_ranks_and_compare_them(mpi, monkeypatch):
     assert rows[1]["scaling_efficiency"] == pytest.approx(0.8) and rows[1]["images_per_s"] == pytest.approx(18000)
     lines = benchmark_ranks.format_rank_rows(result)
     assert "1.60x one rank (scaling efficiency 80%), gradient exchange 50 us" in lines[0]
-    assert "PyTorch CPU (0.3000 s) timed round-robin" in lines[1]
+    assert "of the epoch; one rank 0.4000 s, PyTorch CPU 0.3000 s)" in lines[0]
+    assert "timed round-robin inside each mpiexec job" in lines[1]
 
 
 def test_dropout_runs_data_parallel_bitwise_like_threads_and_batch_norm_is_refused(mpi, small, tmp_path):

@@ -124,15 +124,15 @@ def format_rank_rows(result: dict) -> list[str]:
     lines = []
     for row in result["rows"]:
         if row.get("ranks", 1) > 1:
+            torch_s = f", PyTorch CPU {row['torch_cpu_s']:.4f} s" if row.get("torch_cpu_s") else ""
             lines.append(f"  {row['impl']:<40} {row['speedup_vs_one_rank']:.2f}x one rank (scaling efficiency "
                          f"{100 * row['scaling_efficiency']:.0f}%), gradient exchange {row['comm_us_per_step']:.0f} us "
                          f"and {row['comm_bytes_per_step'] / 1e3:.0f} kB per step "
                          f"({100 * row['comm_us_per_step'] * 1e-6 * row['steps_per_epoch'] / row['epoch_s']:.1f}% "
-                         f"of the epoch)")
+                         f"of the epoch; one rank {row['one_rank_s']:.4f} s{torch_s})")
     if lines:
-        lines.append("  (the rank rows: one rank, N ranks and PyTorch CPU"
-                     + (f" ({result['rows'][-1]['torch_cpu_s']:.4f} s)" if result["rows"][-1].get("torch_cpu_s") else "")
-                     + " timed round-robin inside each mpiexec job; a rank runs BLAS on one thread)")
+        lines.append("  (one rank, N ranks and PyTorch CPU timed round-robin inside each mpiexec job; the rank rows'"
+                     " xpcnn/pytorch is against that PyTorch; a rank runs BLAS on one thread)")
     return lines
 
 
