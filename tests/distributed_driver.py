@@ -4,11 +4,15 @@
     python distributed_driver.py raise DATA     rank 1 raises at the end of epoch 1 (the job must abort)
     python distributed_driver.py params DATA    rank 1 starts from other parameters (a RankMismatch)
     python distributed_driver.py blas DATA      prints each rank's BLAS threads outside and inside a step
+    python distributed_driver.py shared DATA OUT     trains, gradients meeting in shared memory; rank 0
+    python distributed_driver.py allgather DATA OUT  saves the parameters to OUT (.npz)
 """
 
 import dataclasses
 import os
 import sys
+
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -18,7 +22,7 @@ from xpcnn.training import Config, Lambda, Trainer, build_model  # noqa: E402
 from xpcnn.training.distributed import DataParallelStep, RankMismatch, run_job  # noqa: E402
 
 
-def main(job, mode: str, path: str) -> int:
+def main(job, mode: str, path: str, out: str | None = None) -> int:
     config = Config(epochs=3, batch_size=32, dtype="float64")
     dataset = data.load(path)
     # "params": the same configuration, but rank 1's network is initialised from another seed.
@@ -28,7 +32,8 @@ def main(job, mode: str, path: str) -> int:
         if job.rank == 1:
             raise RuntimeError("rank 1 failed on purpose after epoch 1")
 
-    with Trainer(config, resolve("numpy"), model, executor=DataParallelStep(job.comm),
+    exchange = {"shared": {"shared_memory": True}, "allgather": {"shared_memory": False}}.get(mode, {})
+    with Trainer(config, resolve("numpy"), model, executor=DataParallelStep(job.comm, **exchange),
                  extensions=[Lambda(on_epoch_end=fail)] if mode == "raise" else []) as trainer:
         if mode == "blas":
             from threadpoolctl import threadpool_info
@@ -47,8 +52,11 @@ def main(job, mode: str, path: str) -> int:
                 print(f"mismatch: {exc}", flush=True)
             return 2
         trainer.fit(dataset.train)
+        if out and job.is_main:
+            print(f"executor: {trainer.executor.describe()}", flush=True)
+            np.savez(out, **trainer.model.state_dict())
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_job(lambda job: main(job, sys.argv[1], sys.argv[2]), "distributed_driver.py"))
+    raise SystemExit(run_job(lambda job: main(job, *sys.argv[1:4]), "distributed_driver.py"))

@@ -11,6 +11,7 @@ that into a failure.
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,6 +264,33 @@ def test_rank_that_raises_aborts_the_whole_job(mpi, small):
     code, out, err = run(mpi, 2, ["raise", small], script=DRIVER)
     assert code == 1 and time.time() - started < 30, (code, out, err)
     assert "RuntimeError: rank 1 failed on purpose after epoch 1" in err
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(reduction="sum"), "reduction must be one of gather, allreduce, nccl, got 'sum'"),
+    (dict(chunk=0), "chunk must be an integer >= 1, got 0"),
+    (dict(shared_memory="yes"), "shared_memory is True, False or None, and only for the 'gather' reduction (got 'yes'"),
+    (dict(reduction="allreduce", shared_memory=True), "only for the 'gather' reduction (got True with 'allreduce')")])
+def test_data_parallel_step_names_a_bad_argument_before_touching_mpi(kwargs, message):
+    from xpcnn.training.distributed import DataParallelStep
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DataParallelStep(**kwargs)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_shared_memory_and_allgather_meet_in_the_same_sum_bit_for_bit(mpi, small, tmp_path, ranks):
+    """Ranks on one machine meet in a shared-memory window (the default there); across machines
+    they Allgather.  Both add the same rows in the same order."""
+    saved = {}
+    for mode in ("shared", "allgather"):
+        code, out, err = run(mpi, ranks, [mode, small, str(tmp_path / f"{mode}.npz")], script=DRIVER)
+        assert code == 0, out + err
+        assert ("shared memory" in out) == (mode == "shared"), out
+        saved[mode] = np.load(tmp_path / f"{mode}.npz")
+    assert sorted(saved["shared"].files) == sorted(saved["allgather"].files)
+    for name in saved["shared"].files:
+        np.testing.assert_array_equal(saved["shared"][name], saved["allgather"][name], err_msg=name)
 
 
 @pytest.mark.parametrize("ranks", [1, 2])

@@ -10,9 +10,12 @@ seed, so every rank draws the same shuffle and augmentation: the global batch is
 batch.  Rank k keeps share k of it (``share_bounds(n, size)``, the cut ``SplitStep(threads=size)``
 makes) and runs forward and backward on it with the loss and dE/dO scaled by n_k / n, exactly as
 :meth:`SplitStep.gradients <xpcnn.training.executors.SplitStep.gradients>` does per share.  Each rank
-then packs its gradients and weighted loss into one flat host vector in the model's dtype,
-``Allgather``\\ s the vectors into a (size, count) host buffer, and adds the rows in rank order,
-(((g_0 + g_1) + g_2) + ...), as ``ordered_sum`` adds the threads' results.  So:
+then packs its gradients and weighted loss into one flat host vector in the model's dtype, the
+vectors meet in a (size, count) host buffer, and every rank adds the rows in rank order,
+(((g_0 + g_1) + g_2) + ...), as ``ordered_sum`` adds the threads' results.  The buffer is an MPI-3
+shared-memory window when every rank runs on one machine (each rank writes its own row; after a
+barrier every rank reads every row, no copy by MPI), else the vectors are ``Allgather``\\ ed into
+it.  So:
 
 * every rank holds bitwise the same sum, and so the same parameters after every step;
 * an N-rank run is **bitwise equal** to the single-process ``SplitStep(threads=N)`` run
@@ -134,17 +137,24 @@ class DataParallelStep(StepExecutor):
     launch one rank per core.  ``reduction``: "gather" (bitwise-equal to ``--threads N``),
     "allreduce" (repeatable, not bitwise-equal) or "nccl" (GPU ranks).  ``chunk``: run the rank's
     share as pieces of at most that many images (the same step up to float rounding; then not
-    bitwise-equal to the threaded run)."""
+    bitwise-equal to the threaded run).  ``shared_memory`` (the "gather" reduction): meet in a
+    shared-memory window (True), through ``Allgather`` (False), or None: the window when every
+    rank is on one machine.  The same sum either way, bit for bit."""
 
-    def __init__(self, comm=None, reduction: str = "gather", chunk: int | None = None):
+    def __init__(self, comm=None, reduction: str = "gather", chunk: int | None = None,
+                 shared_memory: bool | None = None):
         if reduction not in REDUCTIONS:
             raise ValueError(f"DataParallelStep: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"DataParallelStep: chunk must be an integer >= 1, got {chunk!r}")
+        if shared_memory is not None and (not isinstance(shared_memory, bool) or reduction != "gather"):
+            raise ValueError("DataParallelStep: shared_memory is True, False or None, and only for the 'gather' "
+                             f"reduction (got {shared_memory!r} with {reduction!r})")
         self.MPI = mpi()
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self.rank, self.size = self.comm.rank, self.comm.size
-        self.reduction, self.chunk = reduction, chunk
+        self.reduction, self.chunk, self.shared_memory = reduction, chunk, shared_memory
+        self.shared = None  # the _SharedRows window, made by bind
         self.signal = 0  # set by a signal handler (the CLI's): which signal asked to stop
         self.agreed_signal = 0  # after should_stop said True: the largest signal number any rank got
         self.comm_seconds, self.comm_steps = 0.0, 0  # time spent in the reduction, for bench.py
@@ -171,11 +181,22 @@ class DataParallelStep(StepExecutor):
                 offset += size
         self.count = offset + 1  # every gradient, then the weighted loss
         self.host_dtype = np.dtype(dtype)
-        # Host buffers: Allgather fills one row per rank; Allreduce sends one vector.
+        # Host buffers: one row per rank for the gather (a shared-memory window where every rank is
+        # on this machine, else Allgather's receive buffer); one vector for Allreduce.
         gather = self.reduction != "allreduce"
-        self.recv = np.zeros((self.size if gather else 0, self.count), self.host_dtype)
+        if self.shared is not None:  # bound again (a collective, every rank alike): a window of the new size
+            self.shared.free()
+            self.shared = None
+        if gather and self.shared_memory is not False:
+            one_machine = local_rank(self.comm)[1] == self.size  # a collective; the same answer on every rank
+            if self.shared_memory and not one_machine:
+                raise ValueError("DataParallelStep: shared_memory=True needs every rank on one machine")
+            if one_machine:
+                self.shared = _SharedRows(self.comm, self.count, self.host_dtype)
+        self.recv = np.zeros((self.size if gather and self.shared is None else 0, self.count), self.host_dtype)
         self.send = None if gather else np.zeros(self.count, self.host_dtype)
-        self.bytes_per_step = self.recv.nbytes if gather else 2 * self.send.nbytes
+        # What a rank takes in a step: every rank's row, or Allreduce's send and receive vectors.
+        self.bytes_per_step = (self.size if gather else 2) * self.count * self.host_dtype.itemsize
         if self.chunk is not None:
             self.local = SplitStep(1, self.chunk)
             self.local.bind(model, loss_fn, optimizer, backend, dtype)
@@ -232,10 +253,11 @@ class DataParallelStep(StepExecutor):
         return loss
 
     def _reduce_on_host(self, loss, used: int):
-        # Allgather: each rank packs into its own row of the receive buffer, which the gather then
-        # fills in place (one copy fewer).  Allreduce: a send buffer of its own.
+        # The gather: each rank packs into its own row (of the shared window, or of the receive
+        # buffer, which Allgather then fills in place).  Allreduce: a send buffer of its own.
         gather = self.reduction != "allreduce"
-        send, packing = (self.recv[self.rank] if gather else self.send), time.perf_counter()
+        rows = self.recv if self.shared is None else self.shared.next_rows()
+        send, packing = (rows[self.rank] if gather else self.send), time.perf_counter()
         if loss is None:
             send[:] = 0
         else:
@@ -250,10 +272,13 @@ class DataParallelStep(StepExecutor):
             total = np.empty_like(send)
             self.comm.Allreduce(send, total, op=self.MPI.SUM)
         else:
-            self.comm.Allgather(self.MPI.IN_PLACE, self.recv)
-            total = self.recv[0].copy() if used == 1 else self.recv[0] + self.recv[1]
+            if self.shared is not None:
+                self.shared.wait()  # every row written
+            else:
+                self.comm.Allgather(self.MPI.IN_PLACE, rows)
+            total = rows[0].copy() if used == 1 else rows[0] + rows[1]
             for row in range(2, used):  # left fold in rank order: ((g0 + g1) + g2) + ...
-                total += self.recv[row]
+                total += rows[row]
         # `total` is new every step: the layers (and the optimizer's state) may keep views of it.
         self._set_grads([from_numpy(total[offset:offset + size].reshape(shape), self.backend)
                          for _, _, shape, offset, size in self.layout])
@@ -318,6 +343,9 @@ class DataParallelStep(StepExecutor):
                                + " (launch every rank with the same flags, data and xpcnn version)")
 
     def close(self) -> None:
+        if self.shared is not None:  # not freed here: see _SharedRows.release
+            self.shared.release()
+            self.shared = None
         if self.nccl is not None:
             self.nccl.close()
             self.nccl = None
@@ -326,7 +354,8 @@ class DataParallelStep(StepExecutor):
             self.local = None
 
     def describe(self) -> str:
-        how = {"gather": "", "allreduce": ", Allreduce", "nccl": ", NCCL"}[self.reduction]
+        how = {"gather": ", shared memory" if self.shared is not None else "", "allreduce": ", Allreduce",
+               "nccl": ", NCCL"}[self.reduction]
         chunk = f", pieces of at most {self.chunk} images" if self.chunk else ""
         return f"data-parallel over {self.size} MPI rank{'s' if self.size != 1 else ''}{how}{chunk}"
 
@@ -346,6 +375,53 @@ def fingerprint(trainer) -> dict:
     state.update(json.dumps([position.epoch, position.step_in_epoch, position.global_step,
                              trainer.rng.bit_generator.state], sort_keys=True).encode())
     return {"config": hashlib.sha256(config.encode()).hexdigest(), "state": state.hexdigest()}
+
+
+class _SharedRows:
+    """The gather's (size, count) rows in one MPI-3 shared-memory window, for ranks that all run on
+    one machine: each rank writes its vector into its own row, and after a barrier every rank reads
+    every row straight from memory.  That replaces the ``Allgather``, whose copies cost ~100 us a
+    step more at 46k parameters (docs/distributed.md).  Two sets of rows, used in turn: a rank that
+    writes step k+2's row into step k's set has passed step k+1's barrier, which no rank reaches
+    before it has read step k's rows."""
+
+    def __init__(self, comm, count: int, dtype):
+        MPI = mpi()
+        dtype = np.dtype(dtype)
+        total = 2 * comm.size * count
+        self.comm = comm
+        self.window = MPI.Win.Allocate_shared(total * dtype.itemsize if comm.rank == 0 else 0, dtype.itemsize,
+                                              comm=comm)  # all of it in rank 0's segment, contiguous
+        buffer, _ = self.window.Shared_query(0)
+        # Never read before written: every rank writes its row (zeros when it sits a batch out)
+        # before every wait, and the sum reads only the rows of ranks with a share.
+        self.rows = np.frombuffer(buffer, dtype, count=total).reshape(2, comm.size, count)
+        self.window.Lock_all()  # one passive epoch for the window's life: Sync orders the memory
+        self.turn = 0
+
+    def next_rows(self) -> np.ndarray:
+        """This step's (size, count) rows; write your own row, then :meth:`wait`."""
+        rows, self.turn = self.rows[self.turn], 1 - self.turn
+        return rows
+
+    def wait(self) -> None:
+        """Until every rank has written its row (and its writes are visible here)."""
+        self.window.Sync()
+        self.comm.Barrier()
+        self.window.Sync()
+
+    def release(self) -> None:
+        """Stop using the window, without freeing it: MPI frees it when the job ends.  Freeing is a
+        collective, and close() also runs while one rank unwinds from an exception; there a
+        collective would wait for the other ranks, which wait in the next step for this one, and
+        the job would hang instead of aborting (tests/test_distributed.py)."""
+        self.rows = None
+        self.window.Unlock_all()
+
+    def free(self) -> None:
+        """Release and free the window: a collective, for every rank alike."""
+        self.release()
+        self.window.Free()
 
 
 class _NcclGather:
