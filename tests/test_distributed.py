@@ -373,9 +373,10 @@ def test_bench_rank_rows_time_the_ranks_and_compare_them(mpi, monkeypatch):
     assert record["comm_bytes_per_step"] == 2 * 4 * (record["parameters"] + 1)  # float32, every rank's vector
     # one rank and PyTorch were timed round-robin with the ranks, in the same job
     assert len(record["times"]) == len(record["one_rank_times"]) == len(record["torch_times"]) == 2
-    assert record["one_rank_s"] > 0 and record["torch_cpu_s"] > 0
+    assert len(record["uncoupled_times"]) == 2  # and every rank trained its share on its own, at once
+    assert record["one_rank_s"] > 0 and record["torch_cpu_s"] > 0 and record["uncoupled_s"] > 0
     fake = dict(record, epoch_s=0.25, one_rank_s=0.4, one_rank_times=[0.4], torch_cpu_s=0.3, images=4500,
-                comm_us_per_step=50.0, steps_per_epoch=36)
+                comm_us_per_step=50.0, steps_per_epoch=36, uncoupled_s=0.2)
     launched = []
     monkeypatch.setattr(benchmark_ranks, "run_ranks", lambda n, *args: launched.append(n) or dict(fake, ranks=n))
     result = {"workload": "bench", "batch": 128, "filters": 8, "dtype": "float32", "repeats": 1,
@@ -388,7 +389,9 @@ def test_bench_rank_rows_time_the_ranks_and_compare_them(mpi, monkeypatch):
     lines = benchmark_ranks.format_rank_rows(result)
     assert "1.60x one rank (scaling efficiency 80%), gradient exchange 50 us" in lines[0]
     assert "of the epoch; one rank 0.4000 s, PyTorch CPU 0.3000 s)" in lines[0]
-    assert "timed round-robin inside each mpiexec job" in lines[1]
+    assert rows[1]["uncoupled_speedup_vs_one_rank"] == pytest.approx(2.0) and rows[0]["uncoupled_s"] is None
+    assert "uncoupled (each rank its share alone, no exchange) 0.2000 s, 2.00x one rank: coupling keeps 80%" in lines[1]
+    assert "timed round-robin inside each mpiexec" in lines[2]
 
 
 def test_dropout_runs_data_parallel_bitwise_like_threads_and_batch_norm_is_refused(mpi, small, tmp_path):

@@ -12,7 +12,13 @@ PyTorch, all timed round-robin inside one job.
   that waited in a blocking MPI call would spin and take a core);
 * PyTorch's own network on the CPU (unless ``--no-anchor``): rank 0 alone on ``--torch-threads``
   threads (what PyTorch takes by default outside mpiexec; under it, it takes one), the other ranks
-  asleep as above.
+  asleep as above;
+* the uncoupled epoch: every rank at once trains its own share of each batch on a communicator of
+  its own, with no exchange and no waiting for the others (its own parameters drift from the
+  others': the time is what counts).  It is the ceiling that coupling the ranks could reach on this
+  machine: N uncoupled ranks / one rank is the speed-up the cores allow together (caches, memory,
+  a virtual machine's host), and N coupled / N uncoupled what the exchange and the per-step wait
+  for the slowest rank leave of it.
 
 Interleaving them matters on a shared machine whose speed drifts: a slow spell hits each alike,
 where timing one job after another does not.  Then one more N-rank epoch measures the gradient
@@ -90,7 +96,8 @@ def add_rank_rows(result: dict, ranks: list[int], chunk: int | None, backend: st
     one job each, and append to ``result["rows"]`` a row for one rank (from the first job) and one
     for each rank count: epoch time, images/s, the ratio to PyTorch on the CPU and the speed-up
     over one rank (both timed round-robin in the same job), the scaling efficiency (speed-up /
-    ranks) and the gradient exchange per step (microseconds and bytes)."""
+    ranks), the uncoupled ranks' speed-up over one rank (the ceiling the cores allow) and the
+    gradient exchange per step (microseconds and bytes)."""
     naive = {row["spec"]: row for row in result["rows"]}.get("naive")
     pieces = f", chunks of {chunk}" if chunk else ""
     added = []
@@ -104,6 +111,8 @@ def add_rank_rows(result: dict, ranks: list[int], chunk: int | None, backend: st
                 "speed_vs_naive": naive["epoch_s"] / epoch_s if naive else None,
                 "one_rank_s": record["one_rank_s"], "speedup_vs_one_rank": record["one_rank_s"] / epoch_s,
                 "scaling_efficiency": record["one_rank_s"] / epoch_s / n,
+                "uncoupled_s": record["uncoupled_s"] if n > 1 else None,
+                "uncoupled_speedup_vs_one_rank": record["one_rank_s"] / record["uncoupled_s"] if n > 1 else None,
                 "comm_us_per_step": record["comm_us_per_step"] if n > 1 else 0.0,
                 "comm_bytes_per_step": record["comm_bytes_per_step"] if n > 1 else 0,
                 "steps_per_epoch": record["steps_per_epoch"]}
@@ -130,9 +139,12 @@ def format_rank_rows(result: dict) -> list[str]:
                          f"and {row['comm_bytes_per_step'] / 1e3:.0f} kB per step "
                          f"({100 * row['comm_us_per_step'] * 1e-6 * row['steps_per_epoch'] / row['epoch_s']:.1f}% "
                          f"of the epoch; one rank {row['one_rank_s']:.4f} s{torch_s})")
+            lines.append(f"  {'':<40} uncoupled (each rank its share alone, no exchange) "
+                         f"{row['uncoupled_s']:.4f} s, {row['uncoupled_speedup_vs_one_rank']:.2f}x one rank: "
+                         f"coupling keeps {100 * row['uncoupled_s'] / row['epoch_s']:.0f}% of it")
     if lines:
-        lines.append("  (one rank, N ranks and PyTorch CPU timed round-robin inside each mpiexec job; the rank rows'"
-                     " xpcnn/pytorch is against that PyTorch; a rank runs BLAS on one thread)")
+        lines.append("  (one rank, N ranks, N uncoupled ranks and PyTorch CPU timed round-robin inside each mpiexec"
+                     " job; the rank rows' xpcnn/pytorch is against that PyTorch; a rank runs BLAS on one thread)")
     return lines
 
 
@@ -153,6 +165,7 @@ def _rank_main(args, job) -> int:
     from .losses import MSELoss, SoftmaxCrossEntropyLoss
     from .optim import SGD
     from .training.distributed import DataParallelStep, mpi, rank_device
+    from .training.executors import share_bounds
     from .training.hostmem import keep_freed_memory
 
     keep_freed_memory()
@@ -163,8 +176,9 @@ def _rank_main(args, job) -> int:
     batch = len(images) if args.workload == "article" else args.batch
     batches = batches_of(len(images), batch)
 
-    def trainer_on(communicator):
-        """An epoch closure for the workload on ``communicator``'s ranks, and its executor."""
+    def trainer_on(communicator, steps):
+        """An epoch closure that trains the workload on ``communicator``'s ranks, one step for each
+        of ``steps`` (image indices), and its executor."""
         executor = DataParallelStep(communicator, chunk=args.chunk)
         model = xpcnn_network(args.workload, args.filters).to(backend, dtype=args.dtype)
         loss_fn = MSELoss() if args.workload == "article" else SoftmaxCrossEntropyLoss()
@@ -172,15 +186,23 @@ def _rank_main(args, job) -> int:
 
         def epoch():
             with executor.running():
-                for index in batches:
+                for index in steps:
                     loss = executor.step(executor.to_device(images[index], targets[index]))
             synchronize(backend, loss, *model.params.values())
 
         return epoch, executor
 
-    everyone, executor = trainer_on(comm)
+    everyone, executor = trainer_on(comm, batches)
     solo_comm = comm.Split(0 if comm.rank == 0 else mpi().UNDEFINED, comm.rank)
-    alone, alone_executor = trainer_on(solo_comm) if comm.rank == 0 else (None, None)
+    alone, alone_executor = trainer_on(solo_comm, batches) if comm.rank == 0 else (None, None)
+    # Uncoupled: this rank's share of every batch (the share DataParallelStep gives it), on its own.
+    own_comm = comm.Split(comm.rank, 0)
+    shares = []
+    for index in batches:
+        bounds = share_bounds(len(index), comm.size)
+        if comm.rank < len(bounds):  # (a batch of fewer images than ranks leaves some out)
+            shares.append(index[bounds[comm.rank][0]:bounds[comm.rank][1]])
+    uncoupled, uncoupled_executor = trainer_on(own_comm, shares)
     anchor = None
     if args.anchor and comm.rank == 0:
         anchor = torch_epoch("cpu", args.workload, images, targets, batch, args.filters, args.dtype,
@@ -195,6 +217,17 @@ def _rank_main(args, job) -> int:
         comm.Barrier()
         return time.perf_counter() - started
 
+    def timed_uncoupled():
+        """Every rank trains its shares on its own, all at once; each times its own epoch."""
+        comm.Barrier()
+        uncoupled()
+        comm.Barrier()
+        started = time.perf_counter()
+        uncoupled()
+        elapsed = time.perf_counter() - started
+        comm.Barrier()
+        return elapsed
+
     def timed_alone(epoch):
         """Rank 0 times ``epoch`` (warm-up first) while the other ranks sleep."""
         elapsed = None
@@ -207,9 +240,10 @@ def _rank_main(args, job) -> int:
         wait_asleep(comm)
         return elapsed
 
-    times, one_rank, torch_times, comm_us = [], [], [], []
+    times, one_rank, torch_times, comm_us, apart = [], [], [], [], []
     for _ in range(args.repeats):
         times.append(timed_together())
+        apart.append(timed_uncoupled())
         one_rank.append(timed_alone(alone))
         if args.anchor:
             torch_times.append(timed_alone(anchor))
@@ -221,10 +255,12 @@ def _rank_main(args, job) -> int:
         comm_us.append(1e6 * executor.comm_seconds / max(1, executor.comm_steps))
     slowest = np.max(np.array(comm.allgather(times)), axis=0).tolist()  # an epoch lasts until its slowest rank
     comm_us = np.max(np.array(comm.allgather(comm_us)), axis=0).tolist()
+    apart = np.max(np.array(comm.allgather(apart)), axis=0).tolist()  # done when the slowest share is
     if comm.rank == 0:
         record = {"ranks": comm.size, "backend": backend.label, "images": len(images), "batch": batch,
                   "chunk": args.chunk, "epoch_s": statistics.median(slowest), "times": slowest,
                   "one_rank_s": statistics.median(one_rank), "one_rank_times": one_rank,
+                  "uncoupled_s": statistics.median(apart), "uncoupled_times": apart,
                   "torch_cpu_s": statistics.median(torch_times) if torch_times else None, "torch_times": torch_times,
                   "comm_us_per_step": statistics.median(comm_us), "comm_bytes_per_step": executor.bytes_per_step,
                   "steps_per_epoch": len(batches), "parameters": executor.count - 1}
@@ -232,6 +268,8 @@ def _rank_main(args, job) -> int:
             json.dump(record, handle)
         alone_executor.close()
         solo_comm.Free()
+    uncoupled_executor.close()
+    own_comm.Free()
     executor.close()
     return 0
 
