@@ -209,25 +209,15 @@ def _rank_main(args, job) -> int:
         anchor = torch_epoch("cpu", args.workload, images, targets, batch, args.filters, args.dtype,
                              threads=args.torch_threads)
 
-    def timed_together():
+    def timed_together(epoch):
+        """Every rank runs ``epoch`` at once (warm-up first); it lasts until the slowest is done."""
         comm.Barrier()
-        everyone()  # warm-up, as bench.py's interleaved() does for every implementation
+        epoch()  # warm-up, as bench.py's interleaved() does for every implementation
         comm.Barrier()
         started = time.perf_counter()
-        everyone()
+        epoch()
         comm.Barrier()
         return time.perf_counter() - started
-
-    def timed_uncoupled():
-        """Every rank trains its shares on its own, all at once; each times its own epoch."""
-        comm.Barrier()
-        uncoupled()
-        comm.Barrier()
-        started = time.perf_counter()
-        uncoupled()
-        elapsed = time.perf_counter() - started
-        comm.Barrier()
-        return elapsed
 
     def timed_alone(epoch):
         """Rank 0 times ``epoch`` (warm-up first) while the other ranks sleep."""
@@ -243,8 +233,8 @@ def _rank_main(args, job) -> int:
 
     times, one_rank, torch_times, comm_us, apart = [], [], [], [], []
     for _ in range(args.repeats):
-        times.append(timed_together())
-        apart.append(timed_uncoupled())
+        times.append(timed_together(everyone))
+        apart.append(timed_together(uncoupled))
         one_rank.append(timed_alone(alone))
         if args.anchor:
             torch_times.append(timed_alone(anchor))
@@ -256,7 +246,7 @@ def _rank_main(args, job) -> int:
         comm_us.append(1e6 * executor.comm_seconds / max(1, executor.comm_steps))
     slowest = np.max(np.array(comm.allgather(times)), axis=0).tolist()  # an epoch lasts until its slowest rank
     comm_us = np.max(np.array(comm.allgather(comm_us)), axis=0).tolist()
-    apart = np.max(np.array(comm.allgather(apart)), axis=0).tolist()  # done when the slowest share is
+    apart = np.max(np.array(comm.allgather(apart)), axis=0).tolist()
     if comm.rank == 0:
         record = {"ranks": comm.size, "backend": backend.label, "images": len(images), "batch": batch,
                   "chunk": args.chunk, "epoch_s": statistics.median(slowest), "times": slowest,
