@@ -4,6 +4,7 @@
     python distributed_driver.py raise DATA     rank 1 raises at the end of epoch 1 (the job must abort)
     python distributed_driver.py params DATA    rank 1 starts from other parameters (a RankMismatch)
     python distributed_driver.py blas DATA      prints each rank's BLAS threads outside and inside a step
+    python distributed_driver.py empty DATA     prints what a step given an empty batch raises
     python distributed_driver.py shared DATA OUT     trains, gradients meeting in shared memory; rank 0
     python distributed_driver.py allgather DATA OUT  saves the parameters to OUT (.npz)
 """
@@ -44,6 +45,12 @@ def main(job, mode: str, path: str, out: str | None = None) -> int:
             outside = blas_threads()
             with trainer.executor.running():
                 print(f"rank {job.rank}: BLAS threads {outside} outside a step, {blas_threads()} inside", flush=True)
+            return 0
+        if mode == "empty":
+            try:
+                trainer.executor.to_device(dataset.train.images[:0], dataset.train.labels[:0])
+            except data.DataError as exc:
+                print(f"rank {job.rank}: {exc}", flush=True)
             return 0
         try:
             trainer.executor.check_same_run(trainer)

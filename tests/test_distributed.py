@@ -303,6 +303,16 @@ def test_a_rank_runs_blas_on_one_thread_even_alone(mpi, small, ranks):
         assert f"rank {rank}: BLAS threads [2] outside a step, [1] inside" in out, out
 
 
+def test_an_empty_batch_is_refused_in_one_line_on_every_rank(mpi, small):
+    """Not a sum of nothing (zero gradients, an optimizer step all the same), nor an IndexError
+    in the exchange."""
+    code, out, err = run(mpi, 2, ["empty", small], script=DRIVER)
+    assert code == 0, out + err
+    for rank in range(2):
+        assert (f"rank {rank}: DataParallelStep.to_device: a training step needs at least one image, got an empty "
+                "batch (images of shape (0, 1, 28, 28))") in out, out
+
+
 def test_ranks_that_disagree_are_named_and_exit_2(mpi, small, tmp_path):
     code, out, err = run(mpi, 2, ["params", small], script=DRIVER)
     assert code == 2, out + err

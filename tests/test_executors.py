@@ -2,6 +2,7 @@
 gives the whole-batch step; the Trainer closes what an executor owns."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -157,6 +158,18 @@ def test_split_step_pool_is_closed_by_the_trainer(cpu_backend):
         pool = trainer.executor.pool
         assert pool is not None
     assert trainer.executor.pool is None and pool._shutdown
+
+
+@pytest.mark.parametrize("executor", [WholeBatchStep(), SplitStep(2)], ids=["whole", "split"])
+def test_an_empty_batch_is_refused_in_one_line(cpu_backend, executor):
+    executor.bind(network(cpu_backend), SoftmaxCrossEntropyLoss(), SGD(0.1), cpu_backend, "float64")
+    try:
+        with pytest.raises(data.DataError, match=re.escape(
+                f"{type(executor).__name__}.to_device: a training step needs at least one image, got an empty "
+                "batch (images of shape (0, 1, 14, 14))")):
+            executor.to_device(np.zeros((0, 1, 14, 14), np.uint8), np.zeros(0, np.int64))
+    finally:
+        executor.close()
 
 
 def test_the_base_executor_has_no_step():

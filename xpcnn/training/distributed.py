@@ -52,7 +52,7 @@ import numpy as np
 
 from ..backend import from_numpy, limit_blas_threads, to_numpy
 from ..data import targets_to_batch, to_batch
-from .executors import SplitStep, StepExecutor, refuse_batch_statistics, share_bounds
+from .executors import SplitStep, StepExecutor, refuse_batch_statistics, refuse_empty_batch, share_bounds
 
 EXTRA = "pip install 'xpcnn[mpi]'"
 REDUCTIONS = ("gather", "allreduce", "nccl")
@@ -216,6 +216,7 @@ class DataParallelStep(StepExecutor):
     # -- one step ---------------------------------------------------------------------------------
     def to_device(self, images, targets, noise: dict | None = None):
         """This rank's share of the batch (and of the step's Dropout noise, drawn for the whole batch)."""
+        refuse_empty_batch(images, type(self).__name__)
         n = len(images)
         shares = share_bounds(n, self.size)
         if self.rank >= len(shares):  # fewer images than ranks: this rank sits the batch out

@@ -51,7 +51,7 @@ import copy
 from concurrent.futures import ThreadPoolExecutor
 
 from ..backend import from_numpy, limit_blas_threads
-from ..data import targets_to_batch, to_batch
+from ..data import DataError, targets_to_batch, to_batch
 
 
 class StepExecutor:
@@ -69,6 +69,7 @@ class StepExecutor:
     normalize = None  # (mean, std) per channel, set by the Trainer when the run normalises its images
 
     def to_device(self, images, targets, noise: dict | None = None):
+        refuse_empty_batch(images, type(self).__name__)
         x = to_batch(images, self.backend, self.dtype, normalize=self.normalize)
         y = targets_to_batch(targets, self.backend, self.dtype)
         if not noise:
@@ -135,6 +136,14 @@ def refuse_batch_statistics(model, executor: str, flags: str) -> None:
             raise ValueError(f"{executor}: layer {index} ({layer.name}) computes statistics over the whole batch, "
                              f"which shares cannot give (each share would use its own): train this model without "
                              f"{flags}")
+
+
+def refuse_empty_batch(images, where: str) -> None:
+    """One clear error for a step given no images (a custom loop's filter that left a batch empty),
+    instead of a shape error deep in a layer or the gradient exchange."""
+    if len(images) == 0:
+        raise DataError(f"{where}.to_device: a training step needs at least one image, got an empty batch "
+                        f"(images of shape {tuple(images.shape)})")
 
 
 def share_bounds(n: int, pieces: int) -> list[tuple[int, int]]:
