@@ -1,7 +1,6 @@
 """Property-based checks over random shapes, strides, paddings and batch sizes."""
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from xpcnn import (AvgPool2D, Conv2D, MaxPool2D, Sigmoid, SoftmaxCrossEntropyLoss, check_gradients,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from .backend import Backend, backend_of, dtype_name, resolve, to_numpy, transfer
-from .layers import LAYER_TYPES, Conv2D, Dense, Layer
+from .layers import LAYER_TYPES, Layer
 from . import regularization  # noqa: F401,E402  (adds Dropout, BatchNorm1D/2D to LAYER_TYPES)
 
 
