@@ -101,6 +101,30 @@ def test_malformed_idx_images(tmp_path, mutate, message):
     assert str(path) in str(info.value) and message in str(info.value)
 
 
+def test_idx_header_cannot_overflow_or_declare_too_much(tmp_path):
+    write_idx_dir(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    # 2**22 x 2**21 x 2**21 wraps to 0 in int64: it must not pass for an empty file
+    path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2 ** 22, 2 ** 21, 2 ** 21))
+    with pytest.raises(DataError, match=r"= 18446744073709551616 bytes of data, more than xpcnn reads into memory"):
+        data.load_idx_dir(str(tmp_path))
+
+
+def test_gzip_idx_is_read_no_further_than_its_header_declares(tmp_path):
+    write_idx_dir(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()) + bytes(1 << 20)))  # 1 MiB too long
+    with pytest.raises(DataError, match=r"= 15680 bytes of data, file has 15681 or more"):
+        data.load_idx_dir(str(tmp_path))
+
+
+def test_idx_files_of_two_sets_are_not_paired(tmp_path):
+    write_idx_dir(tmp_path, prefix="letters-", gz=False)
+    (tmp_path / "letters-train-labels-idx1-ubyte").rename(tmp_path / "digits-train-labels-idx1-ubyte")
+    with pytest.raises(DataError, match=r"IDX files of different sets \('digits', 'letters'\); keep one set per folder"):
+        data.load_idx_dir(str(tmp_path))
+
+
 def test_truncated_gzip_is_rejected(tmp_path):
     write_idx_dir(tmp_path)
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
@@ -379,6 +403,23 @@ def test_colour_channels_last_npz_like_keras_cifar(tmp_path):
         data.load(_npz(tmp_path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test[:6]))
 
 
+def test_npz_splits_share_one_pixel_type_and_labels_do_not_wrap(tmp_path):
+    x = np.random.default_rng(6).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    y = np.arange(20) % 2
+    # uint8 is scaled by 1/255 on the way in and float32 is not: mixing them would skew one split
+    with pytest.raises(DataError, match=r"\[x_test, y_test\]: images are float32 but those of .*\[x_train, y_train\] "
+                                        r"are uint8: give every split the same pixel type"):
+        data.load(_npz(tmp_path, x_train=x, y_train=y, x_test=x[:5].astype(np.float32), y_test=y[:5]))
+    # an empty float split is no split (not a reshape error)
+    empty = data.load(_npz(tmp_path, x_train=x.astype(np.float32), y_train=y, x_test=np.zeros((0, 8, 8), np.float32),
+                           y_test=np.zeros(0, np.int64)))
+    assert empty.test is None and empty.train.images.dtype == np.float32
+    labels = y.astype(np.uint64)
+    labels[3] = 2 ** 64 - 1  # int64 would make it -1
+    with pytest.raises(DataError, match=r"label 18446744073709551615 at index 3 is too large"):
+        data.load(_npz(tmp_path, images=x, labels=labels))
+
+
 def test_images_labels_npz_float_channels_first(tmp_path):
     rng = np.random.default_rng(5)
     images = rng.normal(size=(40, 2, 5, 7))  # float64, values as given (negative too)
@@ -512,7 +553,8 @@ def test_cifar10_binary_parsing(tmp_path):
                          [(f"cifar-10-batches-bin/data_batch_{k}.bin", batches[k - 1][0]) for k in (2, 1, 3, 5, 4)]
                          + [("cifar-10-batches-bin/test_batch.bin", test_raw),
                             ("cifar-10-batches-bin/batches.meta.txt", names.encode()),
-                            ("cifar-10-batches-bin/readme.html", b"<html>")])
+                            ("cifar-10-batches-bin/readme.html", b"<html>"),
+                            ("cifar-10-batches-bin/data_batch_6.bin", batches[0][0])])  # not CIFAR-10's: not read
     dataset = data.load(path)
     assert dataset.image_shape == (3, 32, 32) and dataset.classes == 10 and dataset.train.images.dtype == np.uint8
     assert dataset.class_names == data.CIFAR10_CLASSES[::-1]

@@ -229,7 +229,8 @@ def _setup(p: argparse.ArgumentParser, args, resolve_backend):
     if evaluation is not None and evaluation.test is None:
         p.error(f"--eval-data: {args.eval_data} has no test split")
     if evaluation is not None and evaluation.image_shape != dataset.image_shape:
-        p.error(f"--eval-data: its images are {_shape(evaluation.image_shape)}, the training images {_shape(dataset.image_shape)}")
+        p.error(f"--eval-data: its images are {datasets.shape_text(evaluation.image_shape)}, "
+                f"the training images {datasets.shape_text(dataset.image_shape)}")
     config = _fit_to_data(p, args, config, dataset)
     model = build_model(config)  # (checked by _fit_to_data)
     final = evaluation.test if evaluation is not None else dataset.validation
@@ -245,8 +246,8 @@ def _fit_to_data(p: argparse.ArgumentParser, args, config, dataset):
     and its network checked against them by shape inference."""
     if args.resume:
         if (config.image_shape, config.classes) != (dataset.image_shape, dataset.classes):
-            p.error(f"--data: the checkpoint's run trained on {_shape(config.image_shape)} images of {config.classes} "
-                    f"classes; this data has {_shape(dataset.image_shape)} images of {dataset.classes}")
+            p.error(f"--data: the checkpoint's run trained on {datasets.shape_text(config.image_shape)} images of {config.classes} "
+                    f"classes; this data has {datasets.shape_text(dataset.image_shape)} images of {dataset.classes}")
     else:
         try:
             config = dataclasses.replace(config, image_shape=dataset.image_shape, classes=dataset.classes)
@@ -261,10 +262,6 @@ def _fit_to_data(p: argparse.ArgumentParser, args, config, dataset):
 
 class _BackendProblem(Exception):
     """A backend or device that cannot be used: one line, exit 2."""
-
-
-def _shape(shape) -> str:
-    return "x".join(map(str, shape))
 
 
 def run_compare(p, args) -> int:

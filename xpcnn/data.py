@@ -33,6 +33,7 @@ import struct
 import sys
 import tarfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -95,6 +96,7 @@ CIFAR10_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_RECORD = 1 + 3 * 32 * 32
 TAR_MEMBER_LIMIT = 256 << 20  # bytes: a larger member of a CIFAR archive is refused, not read
+IDX_FILE_LIMIT = 8 << 30  # bytes of data an IDX header may declare (EMNIST ByClass, the largest, has 0.6 GiB)
 
 # name -> (cache subfolder (None: the cache folder itself, where MNIST always went), mirrors, checksums)
 DOWNLOADS = {
@@ -177,14 +179,17 @@ def validate(images, labels, where: str, layout: str = "auto", classes: int | No
     if 0 in images.shape[1:]:
         raise DataError(f"{where}: images have an empty dimension: shape {images.shape}")
     if images.dtype.kind == "f":
-        bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
-        if bad.any():
-            raise DataError(f"{where}: image {int(np.argmax(bad))} contains NaN or infinity")
-        with np.errstate(over="ignore"):
-            images = images.astype(np.float32, copy=False)
-        bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
-        if bad.any():
-            raise DataError(f"{where}: image {int(np.argmax(bad))} has values beyond float32's range")
+        def first_bad(array):  # index of the first image with a non-finite value, or None
+            bad = ~np.isfinite(array).reshape(len(array), -1).all(axis=1) if len(array) else np.zeros(0, bool)
+            return int(np.argmax(bad)) if bad.any() else None
+
+        if (index := first_bad(images)) is not None:
+            raise DataError(f"{where}: image {index} contains NaN or infinity")
+        if images.dtype != np.float32:  # (finite float32 stays finite: nothing to check again)
+            with np.errstate(over="ignore"):
+                images = images.astype(np.float32)
+            if (index := first_bad(images)) is not None:
+                raise DataError(f"{where}: image {index} has values beyond float32's range")
     elif images.dtype.kind in "iu":
         if images.dtype != np.uint8:
             if images.size and (images.min() < 0 or images.max() > 255):
@@ -195,6 +200,9 @@ def validate(images, labels, where: str, layout: str = "auto", classes: int | No
         raise DataError(f"{where}: images must be integers or floats, got dtype {images.dtype}")
     if labels.dtype.kind not in "iu":
         raise DataError(f"{where}: labels must be integers, got dtype {labels.dtype}")
+    if labels.dtype == np.uint64 and labels.size and labels.max() > np.iinfo(np.int64).max:
+        first = int(np.argmax(labels > np.iinfo(np.int64).max))  # (int64 would wrap it to a negative label)
+        raise DataError(f"{where}: label {int(labels[first])} at index {first} is too large (labels are 0..K-1)")
     if classes is not None:
         _check_classes(classes, where)
         out_of_range = (labels < 0) | (labels >= classes)
@@ -229,8 +237,11 @@ def _finish(parts: list, source: str, classes: int | None, class_names=None, hol
     shape = tuple(int(d) for d in first.images.shape[1:])
     for split, where in shaped[1:]:
         if tuple(split.images.shape[1:]) != shape:
-            raise DataError(f"{where}: images are {_shape_text(split.images.shape[1:])} but those of {first_where} "
-                            f"are {_shape_text(shape)}")
+            raise DataError(f"{where}: images are {shape_text(split.images.shape[1:])} but those of {first_where} "
+                            f"are {shape_text(shape)}")
+        if split.images.dtype != first.images.dtype:  # uint8 is scaled by 1/255 on the way in, float32 is not
+            raise DataError(f"{where}: images are {split.images.dtype} but those of {first_where} are "
+                            f"{first.images.dtype}: give every split the same pixel type (uint8 0-255 or float)")
     if classes is None:
         top = max((int(split.labels.max()) for split, _ in shaped if len(split)), default=-1)
         if top + 1 > MAX_INFERRED_CLASSES:
@@ -259,47 +270,62 @@ def _finish(parts: list, source: str, classes: int | None, class_names=None, hol
                    tuple(class_names) if class_names is not None else None)
 
 
-def _shape_text(shape) -> str:
+def shape_text(shape) -> str:
+    """(3, 32, 32) -> '3x32x32'."""
     return "x".join(str(int(d)) for d in shape)
 
 
 # -- IDX ------------------------------------------------------------------------
 
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
-    return raw
-
-
 def read_idx(path: str, expected_ndim: int | tuple | None = None) -> np.ndarray:
     """Read one IDX file (raw or gzip) of unsigned bytes, validated: magic number,
     dimension count (``expected_ndim``: one count or a tuple of them), and declared sizes against
-    the bytes present."""
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise DataError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
-    zero, type_code, ndim = struct.unpack(">HBB", raw[:4])
+    the bytes present.  It reads no more than the header declares (so a gzip bomb stops there),
+    and refuses a declared size over ``IDX_FILE_LIMIT``."""
+    try:
+        with open(path, "rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+            handle.seek(0)
+            stream = gzip.GzipFile(fileobj=handle, mode="rb") if gzipped else handle
+            try:
+                return _read_idx_stream(stream, path, expected_ndim)
+            except (OSError, EOFError, zlib.error) as exc:
+                if gzipped:
+                    raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+                raise
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _read_idx_stream(stream, path: str, expected_ndim) -> np.ndarray:
+    head = stream.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+    zero, type_code, ndim = struct.unpack(">HBB", head)
     if zero != 0 or type_code != 0x08:
-        raise DataError(f"{path}: bad magic number 0x{raw[:4].hex()} (expected 0x0000080N for unsigned bytes)")
+        raise DataError(f"{path}: bad magic number 0x{head.hex()} (expected 0x0000080N for unsigned bytes)")
     expected = (expected_ndim,) if isinstance(expected_ndim, int) else expected_ndim
     if expected is not None and ndim not in expected:
         raise DataError(f"{path}: has {ndim} dimensions, expected {' or '.join(str(n) for n in expected)}")
-    if ndim < 1 or len(raw) < 4 + 4 * ndim:
+    dims = stream.read(4 * ndim)
+    if ndim < 1 or len(dims) < 4 * ndim:
         raise DataError(f"{path}: header declares {ndim} dimensions but is truncated")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    declared = int(np.prod(shape))
-    present = len(raw) - 4 - 4 * ndim
+    shape = struct.unpack(f">{ndim}I", dims)
+    declared = math.prod(shape)  # Python integers: no overflow
+    if declared > IDX_FILE_LIMIT:
+        raise DataError(f"{path}: header declares shape {shape} = {declared} bytes of data, more than xpcnn "
+                        f"reads into memory ({IDX_FILE_LIMIT >> 30} GiB)")
+    chunks, present = [], 0
+    while present <= declared:  # one byte past the declared size tells a longer file
+        chunk = stream.read(min(1 << 24, declared + 1 - present))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        present += len(chunk)
     if present != declared:
-        raise DataError(f"{path}: header declares shape {shape} = {declared} bytes of data, file has {present}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+        more = " or more" if present > declared else ""
+        raise DataError(f"{path}: header declares shape {shape} = {declared} bytes of data, file has {present}{more}")
+    return np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(shape)
 
 
 # train-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte, emnist-letters-test-images-idx3-ubyte.gz,
@@ -326,6 +352,10 @@ def _idx_files(directory: str) -> dict:
                             f"keep one set per folder")
         (stem, names), = stems.items()
         files[role] = os.path.join(directory, stem if stem in names else names[0])
+    prefixes = sorted({_IDX_NAME.match(os.path.basename(path))["prefix"] for path in files.values()})
+    if len(prefixes) > 1:  # e.g. emnist-letters-train-images beside emnist-digits-train-labels
+        raise DataError(f"{directory}: IDX files of different sets ({', '.join(repr(p.rstrip('-') or '(none)') for p in prefixes)}); "
+                        f"keep one set per folder")
     return files
 
 
@@ -543,7 +573,7 @@ def load_cifar10_binary(path: str, classes: int | None = None) -> Dataset:
     record is 1 label byte + 3072 pixel bytes (32x32 red, then green, then blue).  The archive is
     read in memory: nothing is extracted to disk, members with absolute or '..' names are refused,
     and no pickle is ever loaded."""
-    wanted = re.compile(r"^(data_batch_(\d+)\.bin|test_batch\.bin|batches\.meta\.txt)$")
+    wanted = re.compile(r"^(data_batch_[1-5]\.bin|test_batch\.bin|batches\.meta\.txt)$")  # 6 at most, each capped
     members: dict[str, bytes] = {}
     python_version = False
     try:
