@@ -60,6 +60,21 @@ def test_cli_classifies_images_and_arrays_and_reports_bad_inputs(colour_run, tmp
     assert record["input"] == inputs[2] and record["class"] == expected[5] and 0 < record["probability"] <= 1
 
 
+def test_image_files_beside_float_arrays_keep_their_own_scaling(colour_run, tmp_path):
+    """uint8 pixels are scaled by 1/255 on the way in, float ones taken as given: a PNG classified
+    beside a float array gets exactly what it gets alone."""
+    pil = pytest.importorskip("PIL.Image")
+    path, images, _ = colour_run
+    predictor = Predictor(path, resolve("numpy"))
+    pil.fromarray(images[5].transpose(1, 2, 0)).save(tmp_path / "one.png")
+    scaled = (images[:3] / 255).astype(np.float32)
+    np.save(tmp_path / "scaled.npy", scaled)
+    (alone,) = predictor.classify([str(tmp_path / "one.png")])
+    mixed = predictor.classify([str(tmp_path / "scaled.npy"), str(tmp_path / "one.png")])
+    assert mixed[3] == alone
+    assert mixed[:3] == predictor.predict([f"{tmp_path / 'scaled.npy'}[{i}]" for i in range(3)], scaled)
+
+
 def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "c.npz").write_bytes(b"nope")
     with pytest.raises(SystemExit) as info:

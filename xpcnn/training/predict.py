@@ -75,14 +75,19 @@ class Predictor:
         """One :class:`Prediction` per image of each file, in order; a file that cannot be read or
         does not fit gets one Prediction with its error, and the others go on."""
         entries = [read_input(path, self.config.image_shape, layout) for path in paths]
-        good = [batch for _, batch in entries if isinstance(batch, np.ndarray)]
-        if len({batch.dtype for batch in good}) > 1:  # uint8 files beside float arrays
-            good = [batch.astype(np.float32) for batch in good]
-        names = [name for names, batch in entries if isinstance(batch, np.ndarray) for name in names]
-        done = iter(self.predict(names, np.concatenate(good)) if good else [])
+        read = [index for index, (_, batch) in enumerate(entries) if isinstance(batch, np.ndarray)]
+        answers = {}  # entry index -> its Predictions
+        # One pass per pixel type: uint8 images are scaled by 1/255 on the way in, float ones are
+        # taken as they are (as in training), so image files and float arrays never share a batch.
+        for dtype in sorted({entries[index][1].dtype.str for index in read}):
+            group = [index for index in read if entries[index][1].dtype.str == dtype]
+            done = iter(self.predict([name for index in group for name in entries[index][0]],
+                                     np.concatenate([entries[index][1] for index in group])))
+            for index in group:
+                answers[index] = [next(done) for _ in entries[index][0]]
         results = []
-        for names, batch in entries:
-            results += [next(done) for _ in names] if isinstance(batch, np.ndarray) else [batch]
+        for index, (_, batch) in enumerate(entries):
+            results += answers[index] if index in answers else [batch]
         return results
 
 
