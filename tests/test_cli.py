@@ -272,6 +272,17 @@ def test_console_command_dispatches_train(capsys, tmp_path, tiny_npz):
     assert info.value.code == 2 and "usage: xpcnn train" in capsys.readouterr().err
 
 
+def test_batch_norm_1d_with_a_last_batch_of_one_image_is_a_usage_error(capsys, tmp_path, tiny_npz):
+    """360 training images in batches of 359 leave one image for the last step, where BatchNorm1D
+    has no batch statistics: refused before the first step, not after an epoch."""
+    last = usage_error(capsys, "--data", tiny_npz, "--model", "flatten-dense8-bn-relu-dense", "--batch-size", "359",
+                       "--out", str(tmp_path), "--quiet")
+    assert last == ("train.py: error: --batch-size: layer 2 (BatchNorm1D) normalises each feature over the batch, and "
+                    "the last batch of every epoch would hold 1 image (360 training images in batches of 359): choose "
+                    "a batch size that leaves at least 2")
+    assert not os.listdir(tmp_path)
+
+
 def test_compare_passes_with_dropout_and_batch_norm(capsys, tmp_path, tiny_npz):
     """Parity for the new layers: host-drawn dropout masks and batch statistics agree across backends
     (float64), Adam included; the running statistics are compared like parameters."""

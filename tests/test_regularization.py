@@ -351,6 +351,18 @@ def test_resume_in_the_middle_of_an_epoch_is_bitwise(cpu_backend):
     _assert_same(resumed, straight, 0)
 
 
+def test_batch_norm_1d_and_a_last_batch_of_one_image_are_refused_before_the_first_step():
+    config = _config(model="flatten-dense8-bn-relu-dense", batch_size=20, epochs=1)
+    with Trainer(config, resolve("numpy")) as trainer:
+        with pytest.raises(ValueError, match=r"Trainer.fit: layer 2 \(BatchNorm1D\) normalises each feature over the "
+                                             r"batch, and the last batch of every epoch would hold 1 image \(41 "
+                                             r"training images in batches of 20\)"):
+            trainer.fit(TRAIN.take(41))
+        assert trainer.state.global_step == 0
+        trainer.fit(TRAIN.take(42))  # a last batch of two is enough
+        assert trainer.state.global_step == 3
+
+
 def test_split_step_slices_the_noise(cpu_backend):
     """Dropout under SplitStep: each share gets its rows of the batch's noise, so shares give the
     whole-batch step (to rounding); BatchNorm, whose statistics need the whole batch, is refused."""

@@ -26,6 +26,7 @@ from .training import (PRESETS, ConfigError, Diverged, Interrupted, ProgressBar,
 from .training.compiled import compiled_executor, compiles_by_default, has_compiled_executor
 from .training.hostmem import keep_freed_memory
 from .training.snapshot import read as read_checkpoint
+from .training.trainer import last_batch_problem
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DIVERGED, EXIT_IO = 0, 1, 2, 3, 4
 
@@ -347,6 +348,11 @@ def train_main(argv=None, prog: str = "train.py") -> int:
         trainer = Trainer(config, backend, model, executor=executor, extensions=extensions)
     except ValueError as exc:  # an executor that cannot run this model (SplitStep and BatchNorm)
         p.error(str(exc))
+    problem = last_batch_problem(model, min(config.train_count or len(dataset.train), len(dataset.train)),
+                                 config.batch_size)
+    if problem:  # (BatchNorm1D and a last batch of one image)
+        trainer.close()
+        p.error(f"--batch-size: {problem}")
     with trainer:
         trainer.class_names = list(dataset.class_names) if dataset.class_names else None  # (a resume keeps its own)
         if args.resume:

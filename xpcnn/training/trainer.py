@@ -53,6 +53,21 @@ class TrainState:
     normalization: dict | None = None  # {"mean": [...], "std": [...]} per channel, from the training split
 
 
+
+def last_batch_problem(model, images: int, batch_size: int) -> str | None:
+    """Why ``model`` cannot train on ``images`` in batches of ``batch_size``, or None: a layer that
+    normalises each feature over the batch alone (BatchNorm1D) needs two images in every batch, and
+    the last batch of each epoch would hold one.  Said before the first step, not after an epoch."""
+    if images % batch_size != 1:
+        return None
+    for index, layer in enumerate(getattr(model, "layers", ())):
+        if getattr(layer, "AXES", None) == (0,):
+            return (f"layer {index} ({layer.name}) normalises each feature over the batch, and the last batch of "
+                    f"every epoch would hold 1 image ({images} training images in batches of {batch_size}): "
+                    f"choose a batch size that leaves at least 2")
+    return None
+
+
 class Trainer:
     """Trains ``model`` (default: the config's preset network) on one backend.
 
@@ -127,6 +142,9 @@ class Trainer:
             train = train.take(cfg.train_count)
         if len(train) == 0:
             raise ValueError("Trainer.fit: no training images")
+        problem = last_batch_problem(self.model, len(train), cfg.batch_size)
+        if problem:
+            raise ValueError(f"Trainer.fit: {problem}")
         if self.state.train_size is not None and self.state.train_size != len(train):
             raise CheckpointError(f"the checkpoint's run trained on {self.state.train_size} images per epoch; "
                                   f"this data has {len(train)}: resume on the same data")
