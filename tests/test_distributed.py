@@ -328,7 +328,10 @@ def test_ranks_that_disagree_are_named_and_exit_2(mpi, small, tmp_path):
 def test_usage_errors_are_one_line_from_rank_0(mpi, small, tmp_path):
     for extra, message in ((["--threads", "2"], "--threads with --distributed: ranks take the cores"),
                            (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
-                           (["--reduction", "nccl"], "reduction 'nccl' needs cupy or torch:cuda ranks")):
+                           (["--reduction", "nccl"], "reduction 'nccl' needs cupy or torch:cuda ranks"),
+                           # rank 0 alone checks --out: the others must not wait for it in a collective
+                           (["--out", str(tmp_path / "file")], f"rank 0: --out: '{tmp_path / 'file'}' is not a folder")):
+        (tmp_path / "file").write_text("")
         code, out, err = run(mpi, 2, ["--distributed", "--data", small, "--out", str(tmp_path), *extra])
         assert code == 2, out + err
         lines = err.strip().splitlines()

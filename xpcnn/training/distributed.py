@@ -154,7 +154,9 @@ class DataParallelStep(StepExecutor):
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self.rank, self.size = self.comm.rank, self.comm.size
         self.reduction, self.chunk, self.shared_memory = reduction, chunk, shared_memory
-        self.shared = None  # the _SharedRows window, made by bind
+        self.shared = None  # the _SharedRows window, made at the first step
+        self._stale = None  # a window of an earlier bind, freed at the next first step
+        self.recv = self.send = None
         self.signal = 0  # set by a signal handler (the CLI's): which signal asked to stop
         self.agreed_signal = 0  # after should_stop said True: the largest signal number any rank got
         self.comm_seconds, self.comm_steps = 0.0, 0  # time spent in the reduction, for bench.py
@@ -181,22 +183,15 @@ class DataParallelStep(StepExecutor):
                 offset += size
         self.count = offset + 1  # every gradient, then the weighted loss
         self.host_dtype = np.dtype(dtype)
-        # Host buffers: one row per rank for the gather (a shared-memory window where every rank is
-        # on this machine, else Allgather's receive buffer); one vector for Allreduce.
-        gather = self.reduction != "allreduce"
-        if self.shared is not None:  # bound again (a collective, every rank alike): a window of the new size
-            self.shared.free()
+        # The host buffers are made at the first step (_host_buffers), where every rank is sure to
+        # be: making them takes collectives, and bind runs while the ranks set up, where one rank
+        # may fail and go to report it while the others would wait in a collective here for ever.
+        if self.shared is not None:  # bound again: the old window is freed at the next first step
+            self._stale = self.shared
             self.shared = None
-        if gather and self.shared_memory is not False:
-            one_machine = local_rank(self.comm)[1] == self.size  # a collective; the same answer on every rank
-            if self.shared_memory and not one_machine:
-                raise ValueError("DataParallelStep: shared_memory=True needs every rank on one machine")
-            if one_machine:
-                self.shared = _SharedRows(self.comm, self.count, self.host_dtype)
-        self.recv = np.zeros((self.size if gather and self.shared is None else 0, self.count), self.host_dtype)
-        self.send = None if gather else np.zeros(self.count, self.host_dtype)
+        self.recv = self.send = None
         # What a rank takes in a step: every rank's row, or Allreduce's send and receive vectors.
-        self.bytes_per_step = (self.size if gather else 2) * self.count * self.host_dtype.itemsize
+        self.bytes_per_step = (2 if self.reduction == "allreduce" else self.size) * self.count * self.host_dtype.itemsize
         if self.chunk is not None:
             self.local = SplitStep(1, self.chunk)
             self.local.bind(model, loss_fn, optimizer, backend, dtype)
@@ -253,9 +248,28 @@ class DataParallelStep(StepExecutor):
         self.optimizer.step(self.model)
         return loss
 
+    def _host_buffers(self) -> None:
+        """At the first step (a collective, every rank alike): one row per rank for the gather, in a
+        shared-memory window where every rank is on this machine, else Allgather's receive buffer;
+        one vector for Allreduce."""
+        if self._stale is not None:
+            self._stale.free()
+            self._stale = None
+        gather = self.reduction == "gather"
+        if gather and self.shared_memory is not False:
+            one_machine = local_rank(self.comm)[1] == self.size  # the same answer on every rank
+            if self.shared_memory and not one_machine:
+                raise ValueError("DataParallelStep: shared_memory=True needs every rank on one machine")
+            if one_machine:
+                self.shared = _SharedRows(self.comm, self.count, self.host_dtype)
+        self.recv = np.zeros((self.size if gather and self.shared is None else 0, self.count), self.host_dtype)
+        self.send = None if gather else np.zeros(self.count, self.host_dtype)
+
     def _reduce_on_host(self, loss, used: int):
         # The gather: each rank packs into its own row (of the shared window, or of the receive
         # buffer, which Allgather then fills in place).  Allreduce: a send buffer of its own.
+        if self.recv is None:
+            self._host_buffers()
         gather = self.reduction != "allreduce"
         rows = self.recv if self.shared is None else self.shared.next_rows()
         send, packing = (rows[self.rank] if gather else self.send), time.perf_counter()
@@ -344,9 +358,10 @@ class DataParallelStep(StepExecutor):
                                + " (launch every rank with the same flags, data and xpcnn version)")
 
     def close(self) -> None:
-        if self.shared is not None:  # not freed here: see _SharedRows.release
-            self.shared.release()
-            self.shared = None
+        for window in (self.shared, self._stale):  # not freed here: see _SharedRows.release
+            if window is not None:
+                window.release()
+        self.shared = self._stale = None
         if self.nccl is not None:
             self.nccl.close()
             self.nccl = None
@@ -355,8 +370,13 @@ class DataParallelStep(StepExecutor):
             self.local = None
 
     def describe(self) -> str:
-        how = {"gather": ", shared memory" if self.shared is not None else "", "allreduce": ", Allreduce",
-               "nccl": ", NCCL"}[self.reduction]
+        if self.shared is not None or self.shared_memory:
+            meet = ", shared memory"
+        elif self.shared_memory is None and self.recv is None:  # decided at the first step
+            meet = ", shared memory where the ranks share a machine"
+        else:
+            meet = ""  # Allgather
+        how = {"gather": meet, "allreduce": ", Allreduce", "nccl": ", NCCL"}[self.reduction]
         chunk = f", pieces of at most {self.chunk} images" if self.chunk else ""
         return f"data-parallel over {self.size} MPI rank{'s' if self.size != 1 else ''}{how}{chunk}"
 
