@@ -272,6 +272,23 @@ def test_console_command_dispatches_train(capsys, tmp_path, tiny_npz):
     assert info.value.code == 2 and "usage: xpcnn train" in capsys.readouterr().err
 
 
+def test_eval_data_takes_the_training_classes_and_a_resume_keeps_them(capsys, tmp_path, tiny_npz):
+    dataset = data.load_embedded()
+    labels = dataset.validation.labels[:100].copy()
+    labels[7] = 11
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, x_train=dataset.train.images[:50], y_train=dataset.train.labels[:50],
+             x_test=dataset.validation.images[:100], y_test=labels)
+    # test labels beyond the training's 10 classes: said before training, not in a traceback after it
+    last = usage_error(capsys, "--data", tiny_npz, "--eval-data", str(wide), "--epochs", "1", "--out", str(tmp_path / "a"))
+    assert last.startswith("train.py: error: --eval-data: ") and "label 11 at index 7 is outside 0-9" in last
+    out = tmp_path / "b"  # a run of 12 classes resumes without --classes again (only --epochs may change)
+    assert main(["--data", tiny_npz, "--classes", "12", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert main(["--data", tiny_npz, "--resume", str(out / "checkpoint.npz"), "--epochs", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["classes"] == 12
+
+
 def test_batch_norm_1d_with_a_last_batch_of_one_image_is_a_usage_error(capsys, tmp_path, tiny_npz):
     """360 training images in batches of 359 leave one image for the last step, where BatchNorm1D
     has no batch statistics: refused before the first step, not after an epoch."""

@@ -205,11 +205,9 @@ def _one_line_error(p: argparse.ArgumentParser, message: str) -> int:
     return EXIT_USAGE
 
 
-def _load_data(p, spec: str, flag: str, args=None):
+def _load_data(p, spec: str, flag: str, layout: str, classes: int | None):
     try:
-        if args is None:
-            return datasets.load(spec)
-        return datasets.load(spec, layout=args.layout, classes=args.classes)
+        return datasets.load(spec, layout=layout, classes=classes)
     except datasets.DataError as exc:
         p.error(f"{flag}: {exc}")
 
@@ -223,10 +221,12 @@ def _setup(p: argparse.ArgumentParser, args, resolve_backend):
         backend = resolve_backend(args.backend or default_backend_name(args.device), args.device)
     except BackendError as exc:
         raise _BackendProblem(str(exc)) from None
-    dataset = _load_data(p, args.data, "--data", args)
+    # A resumed run keeps its classes (only --epochs may change); the test data takes the training's.
+    classes = args.classes if args.classes is not None or not args.resume else config.classes
+    dataset = _load_data(p, args.data, "--data", args.layout, classes)
     if len(dataset.train) == 0:
         p.error(f"--data: {dataset.source} has no training images")
-    evaluation = _load_data(p, args.eval_data, "--eval-data", args) if args.eval_data else None
+    evaluation = _load_data(p, args.eval_data, "--eval-data", args.layout, dataset.classes) if args.eval_data else None
     if evaluation is not None and evaluation.test is None:
         p.error(f"--eval-data: {args.eval_data} has no test split")
     if evaluation is not None and evaluation.image_shape != dataset.image_shape:
@@ -281,7 +281,7 @@ def run_compare(p, args) -> int:
     if args.dtype is None:
         args.dtype = parity_mod.COMPARE_DTYPE
     config = _config(p, args)
-    dataset = _load_data(p, args.data, "--data", args)
+    dataset = _load_data(p, args.data, "--data", args.layout, args.classes)
     config = _fit_to_data(p, args, config, dataset)
     print(f"parity: {', '.join(specs)}; preset {config.preset}, {config.dtype}, {config.epochs} epoch(s), "
           f"{len(dataset.train) if config.train_count is None else min(config.train_count, len(dataset.train))} "
