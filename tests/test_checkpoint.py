@@ -318,6 +318,18 @@ def resumed(runs):
     trainer.close()
 
 
+def test_class_names_as_long_as_a_file_name_are_read_back(runs, tmp_path):
+    """An image folder's class is a folder name (up to 255 characters): its checkpoint reads back."""
+    for length, readable in ((data.MAX_CLASS_NAME, True), (data.MAX_CLASS_NAME + 1, False)):
+        names = ["x" * length] + [f"class {k}" for k in range(9)]
+        path = make(runs["done"], lambda params, optim, meta: meta.update(class_names=names), tmp_path / f"{length}.npz")
+        if readable:
+            assert snapshot.read(path).class_names == names
+        else:
+            with pytest.raises(CheckpointError, match="class_names"):
+                snapshot.read(path)
+
+
 def assert_cli_refuses(path, tmp_path, capsys, field=""):
     with pytest.raises(SystemExit) as info:
         train_main(["--resume", str(path), "--out", str(tmp_path / "out"), "--quiet"])

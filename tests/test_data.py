@@ -559,6 +559,10 @@ def test_cifar10_binary_parsing(tmp_path):
     assert dataset.image_shape == (3, 32, 32) and dataset.classes == 10 and dataset.train.images.dtype == np.uint8
     assert dataset.class_names == data.CIFAR10_CLASSES[::-1]
     assert len(dataset.train) == 90 and len(dataset.validation) == 10 and len(dataset.test) == 15
+    long = cifar_tarball(tmp_path / "long.tar.gz", [("data_batch_1.bin", batches[0][0]),
+                                                    ("batches.meta.txt", "\n".join(["y" * 300, *data.CIFAR10_CLASSES[1:]]).encode())])
+    with pytest.raises(DataError, match="class name 'yyyy.*is 300 characters long, more than 255"):
+        data.load(long)  # a checkpoint could not hold it
     images = np.concatenate([dataset.train.images, dataset.validation.images])
     np.testing.assert_array_equal(images, np.concatenate([b[2] for b in batches]))  # batches 1..5 in order
     np.testing.assert_array_equal(np.concatenate([dataset.train.labels, dataset.validation.labels]),

@@ -49,6 +49,7 @@ EMBEDDED_SHA256 = "12419612bc73c6984162a9db41a5082e5f0ce1ff7da468b600b140ac9d251
 EMBEDDED_TRAIN = 4500  # the first 4,500 shuffled digits train, the last 500 validate
 VALIDATION_HOLDOUT = 5000  # at most this many (10%) of the last training images validate
 LAYOUTS = ("auto", "nchw", "nhwc")
+MAX_CLASS_NAME = 255  # characters: the longest file name most file systems allow (class folders)
 MAX_INFERRED_CLASSES = 100_000  # a larger label is more likely a broken file: pass classes= explicitly
 
 IDX_FILES = {
@@ -258,6 +259,10 @@ def _finish(parts: list, source: str, classes: int | None, class_names=None, hol
                 first_bad = int(np.argmax(split.labels >= classes))
                 raise DataError(f"{where}: label {int(split.labels[first_bad])} at index {first_bad} is outside "
                                 f"0-{classes - 1}")
+    long = [name for name in class_names or () if len(name) > MAX_CLASS_NAME]
+    if long:  # (a checkpoint stores the names, and its reader takes them no longer than this)
+        raise DataError(f"{source}: class name {long[0][:40]!r}... is {len(long[0])} characters long, more than "
+                        f"{MAX_CLASS_NAME}")
     train = splits.get("train", (None,))[0]
     validation = splits.get("validation", (None,))[0]
     test = splits.get("test", (None,))[0]

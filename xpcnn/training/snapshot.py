@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from ..backend import DTYPES
-from ..data import DataError, check_normalize
+from ..data import MAX_CLASS_NAME, DataError, check_normalize
 from ..model import Sequential
 from .builders import build_model
 from .config import Config, ConfigError
@@ -250,7 +250,7 @@ def read(path) -> Snapshot:
         f.fail("normalization", "is missing, but the run normalises its images (config.normalize)")
     class_names = meta.get("class_names")
     if class_names is not None and (not isinstance(class_names, list) or len(class_names) != config.classes
-                                    or not all(isinstance(name, str) and len(name) <= 200 for name in class_names)):
+                                    or not all(isinstance(name, str) and len(name) <= MAX_CLASS_NAME for name in class_names)):
         f.fail("class_names", f"must be null or {config.classes} names (strings), got {_short(class_names)}")
     return Snapshot(config, architecture, model_state, optimizer_state, epoch, step_in_epoch, global_step,
                     rng_state, epoch_rng_state, history, step_losses, train_size, normalization, class_names)
