@@ -15,8 +15,6 @@ costs well under a millisecond a step; a model without Dropout pays nothing.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 NOISE_STREAM = 0x6E6F6973  # "nois": the spawn key that keeps dropout's stream apart from the augmentation's
@@ -39,15 +37,6 @@ def draw_noise(shapes: dict, seed_sequence, dtype: str = "float64") -> dict:
     return {name: rng.random(tuple(shapes[name])).astype(dtype, copy=False) for name in sorted(shapes, key=_order)}
 
 
-@lru_cache(maxsize=32)
-def _input_shape(image_shape: tuple, image_dtype: str, dtype: str) -> tuple:
-    """The per-example shape the executors' ``to_batch`` gives a host image of ``image_shape``."""
-    from ..backend import resolve
-    from ..data import to_batch
-
-    return tuple(to_batch(np.zeros((1, *image_shape), image_dtype), resolve("numpy"), dtype).shape[1:])
-
-
 def needs_noise(model) -> bool:
     return any(getattr(layer, "noise_shape", None) is not None for layer in getattr(model, "layers", ()))
 
@@ -57,5 +46,5 @@ def step_noise(model, images: np.ndarray, seed: int, epoch: int, step: int, dtyp
     before ``to_device``), or None when the model needs none."""
     if not needs_noise(model):
         return None
-    shapes = model.noise_shapes(len(images), _input_shape(tuple(images.shape[1:]), images.dtype.str, dtype))
+    shapes = model.noise_shapes(len(images), tuple(images.shape[1:]))  # (to_batch keeps the shape: (N, C, H, W))
     return draw_noise(shapes, step_seed(seed, epoch, step), dtype) if shapes else None
