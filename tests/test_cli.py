@@ -39,6 +39,8 @@ def usage_error(capsys, *argv) -> str:
 @pytest.mark.parametrize("argv,message", [
     (["--backend", "mxnet"], "argument --backend: invalid choice: 'mxnet'"),
     (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
+    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is for --optimizer momentum; this run's optimizer is adam"),
+    (["--preset", "article", "--momentum", "0.5"], "--momentum is for --optimizer momentum; this run's optimizer is sgd"),
     (["--lr", "nan"], "--lr must be a positive number, got nan"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--lr-decay", "1.5"], "--lr-decay must be in (0, 1], got 1.5"),

@@ -171,8 +171,12 @@ def _config(p: argparse.ArgumentParser, args):
     overrides = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
     try:
         if args.resume:
-            return resume_config(read_checkpoint(args.resume).config, **overrides)
-        return dataclasses.replace(PRESETS[args.preset], **overrides)
+            config = resume_config(read_checkpoint(args.resume).config, **overrides)
+        else:
+            config = dataclasses.replace(PRESETS[args.preset], **overrides)
+        if args.momentum is not None and config.optimizer != "momentum":  # it would be silently ignored
+            p.error(f"--momentum is for --optimizer momentum; this run's optimizer is {config.optimizer}")
+        return config
     except ConfigError as exc:
         p.error(f"{_flag(exc.field)} {exc.problem}")
     except ResumeMismatch as exc:
