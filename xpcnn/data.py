@@ -507,14 +507,18 @@ def read_image(path: str, Image=None) -> np.ndarray:
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def _read_class_folders(root: str, names: list[str], Image, reference: list) -> tuple[np.ndarray, np.ndarray]:
-    """Every image of root/<name>/ for each name (label = its index in ``names``); ``reference`` is
-    [path, shape] of the first image read, shared across splits."""
+def _read_class_folders(root: str, names: list[str], Image, reference: list,
+                        shuffle: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of root/<name>/ for each name (label = its index in ``names``), in that order or
+    (``shuffle``) in one fixed-seed (0) shuffle of it; ``reference`` is [path, shape] of the first
+    image read, shared across splits."""
     paths = []
     for label, name in enumerate(names):
         folder = os.path.join(root, name)
         if os.path.isdir(folder):
             paths += [(path, label) for path in _image_files(folder)]
+    if shuffle:  # the files, before they are read: no second copy of the images
+        paths = [paths[index] for index in np.random.default_rng(0).permutation(len(paths))]
     images, labels = None, np.array([label for _, label in paths], np.int64)
     for index, (path, _) in enumerate(paths):
         array = read_image(path, Image)
@@ -562,10 +566,7 @@ def load_image_folder(root: str, classes: int | None = None) -> Dataset:
     reference: list = []
     parts = []
     for role, folder in split_roots.items():
-        images, labels = _read_class_folders(folder, names, Image, reference)
-        if role == "train":
-            order = np.random.default_rng(0).permutation(len(labels))
-            images, labels = images[order], labels[order]
+        images, labels = _read_class_folders(folder, names, Image, reference, shuffle=role == "train")
         parts.append((role, Split(images, labels), folder))
     return _finish(parts, root, len(names) if classes is None else classes,
                    names if classes in (None, len(names)) else None)
