@@ -508,6 +508,10 @@ def test_image_folder_problems_get_one_line(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(DataError, match=r"/c: no image files \(.png, .jpg, .jpeg, .bmp\)"):
         data.load(str(tmp_path))
+    single = tmp_path / "single"
+    _write_images(single, {"only": 2})
+    with pytest.raises(DataError, match=r"single: one class subfolder \(only\): a classifier needs at least 2"):
+        data.load(str(single))
 
 
 def test_image_folder_without_pillow_names_the_extra(tmp_path, monkeypatch):

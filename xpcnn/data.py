@@ -528,7 +528,12 @@ def _read_class_folders(root: str, names: list[str], Image, reference: list,
             raise DataError(f"{path}: {_describe(array.shape)} differs from {reference[0]} ({_describe(reference[1])}); "
                             f"all images must have the same size and mode")
         if images is None:
-            images = np.empty((len(paths), *array.shape), np.uint8)
+            try:
+                images = np.empty((len(paths), *array.shape), np.uint8)
+            except MemoryError:
+                raise DataError(f"{root}: {len(paths)} images of {_describe(array.shape)} need "
+                                f"{len(paths) * array.size / 2 ** 30:.1f} GiB of memory, more than there is: "
+                                f"resize them (xpcnn does not)") from None
         images[index] = array
     if images is None:
         images = np.zeros((0, *(reference[1] if reference else (1, 1, 1))), np.uint8)
@@ -555,6 +560,8 @@ def load_image_folder(root: str, classes: int | None = None) -> Dataset:
     names = _class_folders(train_root)
     if not names:
         raise DataError(f"{train_root}: no class subfolders (expected {os.path.join(train_root, '<class>', '*.png')})")
+    if len(names) == 1 and classes is None:
+        raise DataError(f"{train_root}: one class subfolder ({names[0]}): a classifier needs at least 2")
     for name in names:
         if not _image_files(os.path.join(train_root, name)):
             raise DataError(f"{os.path.join(train_root, name)}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
