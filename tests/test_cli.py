@@ -300,6 +300,9 @@ def test_batch_norm_1d_with_a_last_batch_of_one_image_is_a_usage_error(capsys, t
                     "the last batch of every epoch would hold 1 image (360 training images in batches of 359): choose "
                     "a batch size that leaves at least 2")
     assert not os.listdir(tmp_path)
+    last = usage_error(capsys, "--compare", "numpy,array_api_strict", "--data", tiny_npz, "--model",
+                       "flatten-dense8-bn-relu-dense", "--batch-size", "359", "--out", str(tmp_path), "--quiet")
+    assert last.startswith("train.py: error: --batch-size: layer 2 (BatchNorm1D) normalises each feature")
 
 
 def test_compare_passes_with_dropout_and_batch_norm(capsys, tmp_path, tiny_npz):

@@ -236,8 +236,7 @@ def _setup(p: argparse.ArgumentParser, args, resolve_backend):
     if evaluation is not None and evaluation.image_shape != dataset.image_shape:
         p.error(f"--eval-data: its images are {datasets.shape_text(evaluation.image_shape)}, "
                 f"the training images {datasets.shape_text(dataset.image_shape)}")
-    config = _fit_to_data(p, args, config, dataset)
-    model = build_model(config)  # (checked by _fit_to_data)
+    config, model = _fit_to_data(p, args, config, dataset)
     final = evaluation.test if evaluation is not None else dataset.validation
     extensions = standard_extensions(
         out=args.out, test=final, test_label=f"test ({args.eval_data})" if evaluation is not None else "validation",
@@ -246,9 +245,15 @@ def _setup(p: argparse.ArgumentParser, args, resolve_backend):
     return config, backend, dataset, model, extensions
 
 
+def _training_count(config, dataset) -> int:
+    """How many training images a run uses (``train_count`` of them, at most all)."""
+    return min(config.train_count or len(dataset.train), len(dataset.train))
+
+
 def _fit_to_data(p: argparse.ArgumentParser, args, config, dataset):
-    """The Config with the data's image shape and classes (a resumed run must have the same ones),
-    and its network checked against them by shape inference."""
+    """The Config with the data's image shape and classes (a resumed run must have the same ones)
+    and its network, checked against the images by shape inference and against the batches
+    (BatchNorm1D needs two images in the last batch of an epoch too)."""
     if args.resume:
         if (config.image_shape, config.classes) != (dataset.image_shape, dataset.classes):
             p.error(f"--data: the checkpoint's run trained on {datasets.shape_text(config.image_shape)} images of {config.classes} "
@@ -259,10 +264,13 @@ def _fit_to_data(p: argparse.ArgumentParser, args, config, dataset):
         except ConfigError as exc:
             p.error(f"{_flag(exc.field)} {exc.problem}")
     try:
-        build_model(config)
+        model = build_model(config)
     except ValueError as exc:  # SpecError: a spec or preset that does not fit the images
         p.error(f"--model: {exc}" if config.model else f"--preset {config.preset}: {exc}")
-    return config
+    problem = last_batch_problem(model, _training_count(config, dataset), config.batch_size)
+    if problem:
+        p.error(f"--batch-size: {problem}")
+    return config, model
 
 
 class _BackendProblem(Exception):
@@ -286,9 +294,9 @@ def run_compare(p, args) -> int:
         args.dtype = parity_mod.COMPARE_DTYPE
     config = _config(p, args)
     dataset = _load_data(p, args.data, "--data", args.layout, args.classes)
-    config = _fit_to_data(p, args, config, dataset)
+    config, _ = _fit_to_data(p, args, config, dataset)
     print(f"parity: {', '.join(specs)}; preset {config.preset}, {config.dtype}, {config.epochs} epoch(s), "
-          f"{len(dataset.train) if config.train_count is None else min(config.train_count, len(dataset.train))} "
+          f"{_training_count(config, dataset)} "
           f"training images ({dataset.source})", flush=True)
     report = parity_mod.compare(specs, config, dataset.train, rtol=args.rtol, atol=args.atol,
                                 on_backend=lambda spec: print(f"  training on {spec} ...", flush=True),
@@ -305,7 +313,7 @@ def run_compare(p, args) -> int:
 
 def _header(trainer: Trainer, dataset, resumed: bool) -> str:
     config, executor = trainer.config, trainer.executor.describe()
-    used = min(config.train_count or len(dataset.train), len(dataset.train))
+    used = _training_count(config, dataset)
     return (f"xpcnn: preset {config.preset}, task {config.task}, {trainer.backend.label}, {config.dtype}; "
             f"{used} training / {len(dataset.validation) if dataset.validation else 0} validation images "
             f"({dataset.source}); {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr}"
@@ -352,11 +360,6 @@ def train_main(argv=None, prog: str = "train.py") -> int:
         trainer = Trainer(config, backend, model, executor=executor, extensions=extensions)
     except ValueError as exc:  # an executor that cannot run this model (SplitStep and BatchNorm)
         p.error(str(exc))
-    problem = last_batch_problem(model, min(config.train_count or len(dataset.train), len(dataset.train)),
-                                 config.batch_size)
-    if problem:  # (BatchNorm1D and a last batch of one image)
-        trainer.close()
-        p.error(f"--batch-size: {problem}")
     with trainer:
         trainer.class_names = list(dataset.class_names) if dataset.class_names else None  # (a resume keeps its own)
         if args.resume:

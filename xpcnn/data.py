@@ -359,8 +359,8 @@ def _idx_files(directory: str) -> dict:
         files[role] = os.path.join(directory, stem if stem in names else names[0])
     prefixes = sorted({_IDX_NAME.match(os.path.basename(path))["prefix"] for path in files.values()})
     if len(prefixes) > 1:  # e.g. emnist-letters-train-images beside emnist-digits-train-labels
-        raise DataError(f"{directory}: IDX files of different sets ({', '.join(repr(p.rstrip('-') or '(none)') for p in prefixes)}); "
-                        f"keep one set per folder")
+        sets = ", ".join(repr(prefix.rstrip("-") or "(none)") for prefix in prefixes)
+        raise DataError(f"{directory}: IDX files of different sets ({sets}); keep one set per folder")
     return files
 
 

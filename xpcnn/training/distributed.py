@@ -270,7 +270,7 @@ class DataParallelStep(StepExecutor):
         # buffer, which Allgather then fills in place).  Allreduce: a send buffer of its own.
         if self.recv is None:
             self._host_buffers()
-        gather = self.reduction != "allreduce"
+        gather = self.reduction == "gather"
         rows = self.recv if self.shared is None else self.shared.next_rows()
         send, packing = (rows[self.rank] if gather else self.send), time.perf_counter()
         if loss is None:

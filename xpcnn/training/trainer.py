@@ -53,7 +53,6 @@ class TrainState:
     normalization: dict | None = None  # {"mean": [...], "std": [...]} per channel, from the training split
 
 
-
 def last_batch_problem(model, images: int, batch_size: int) -> str | None:
     """Why ``model`` cannot train on ``images`` in batches of ``batch_size``, or None: a layer that
     normalises each feature over the batch alone (BatchNorm1D) needs two images in every batch, and
