@@ -17,7 +17,7 @@ PyTorch uses every core by default; --torch-threads 1 (or 1,2,...) adds PyTorch 
 that many threads and prints each xpcnn CPU row against them: the per-core comparison.
 --ranks 2 (or 2,4,...) adds xpcnn on NumPy data-parallel over that many MPI ranks, each rank on one
 core: one mpiexec job per rank count, run from here after the in-process rows
-(xpcnn.benchmark_ranks), which times N ranks, one rank and PyTorch's network round-robin, and
+(benchmark_ranks), which times N ranks, one rank and PyTorch's network round-robin, and
 gives the speed-up over one rank, the ratio to that PyTorch and the gradient exchange per step.
 Before timing it sets OPENBLAS_THREAD_TIMEOUT and glibc's malloc thresholds (xpcnn.training.hostmem)
 for every implementation alike; the JSON records both.
@@ -45,11 +45,13 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from xpcnn import benchmark, benchmark_ranks  # noqa: E402
-from xpcnn.backend import available  # noqa: E402
-from xpcnn.benchmark import SPECS, machine, run, scale_check  # noqa: E402
-from xpcnn.files import check_writable_file, write_json  # noqa: E402
-from xpcnn.layers import Conv2D  # noqa: E402
+import benchmark  # noqa: E402
+
+import benchmark_ranks  # noqa: E402
+from xpcnn.backends import available  # noqa: E402
+from benchmark import SPECS, machine, run, scale_check  # noqa: E402
+from xpcnn.io.files import check_writable_file, write_json  # noqa: E402
+from xpcnn.nn.layers import Conv2D  # noqa: E402
 from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
 
 def print_table(result: dict) -> None:
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
                              "default, all cores)")
     parser.add_argument("--ranks", default="", metavar="N[,M...]",
                         help="also time xpcnn on NumPy data-parallel over each of these numbers of MPI ranks "
-                             "(mpiexec -n N, xpcnn.training.distributed; with --chunk pieces inside each rank), "
+                             "(mpiexec -n N, xpcnn.distributed; with --chunk pieces inside each rank), "
                              "plus one rank for the scaling efficiency; needs xpcnn[mpi]")
     parser.add_argument("--scale", action="store_true",
                         help="also time numpy on 5,000 and 60,000 images (linear-scaling check)")
@@ -176,7 +178,7 @@ def plot(report: dict, path: str) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from xpcnn.files import atomic_write
+    from xpcnn.io.files import atomic_write
 
     fig, ax = plt.subplots(figsize=(7, 4))
     series: dict[str, list] = {}

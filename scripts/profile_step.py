@@ -25,12 +25,12 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from xpcnn.benchmark import workload_data, xpcnn_network  # noqa: E402
+from benchmark import workload_data, xpcnn_network  # noqa: E402
 from xpcnn import data  # noqa: E402
-from xpcnn.backend import BackendError, parse_spec, resolve, synchronize  # noqa: E402
+from xpcnn.backends import BackendError, parse_spec, resolve, synchronize  # noqa: E402
 from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
-from xpcnn.layers import Conv2D  # noqa: E402
-from xpcnn.losses import SoftmaxCrossEntropyLoss  # noqa: E402
+from xpcnn.nn.layers import Conv2D  # noqa: E402
+from xpcnn.nn.losses import SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.optim import SGD  # noqa: E402
 
 

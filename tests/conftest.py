@@ -17,6 +17,10 @@ Assertions that check namespace, device, dtype and shape as well as values
 from __future__ import annotations
 
 import os
+import sys
+
+# The benchmarks live outside the package, in scripts/ (tests/scripts/ imports them).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
 # Several array libraries share one GPU in this process: JAX must not take 75% of its memory
 # at start-up (its default), or CuPy and PyTorch run out.  A value set by the user wins.
@@ -25,7 +29,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from xpcnn.backend import BackendError, parse_spec, resolve  # noqa: E402
+from xpcnn.backends import BackendError, parse_spec, resolve  # noqa: E402
 
 SPECS = [
     "numpy",

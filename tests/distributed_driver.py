@@ -18,9 +18,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from xpcnn import data  # noqa: E402
-from xpcnn.backend import resolve  # noqa: E402
+from xpcnn.backends import resolve  # noqa: E402
 from xpcnn.training import Config, Lambda, Trainer, build_model  # noqa: E402
-from xpcnn.training.distributed import DataParallelStep, RankMismatch, run_job  # noqa: E402
+from xpcnn.distributed import DataParallelStep, RankMismatch, run_job  # noqa: E402
 
 
 def main(job, mode: str, path: str, out: str | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import array_api_compat
 import numpy as np
 
-from xpcnn.backend import device_name, to_numpy
+from xpcnn.backends import device_name, to_numpy
 
 
 def _is_array(value) -> bool:
@@ -42,7 +42,7 @@ def xp_assert_close(actual, desired, *, xp=None, device=None, dtype=None, rtol: 
     dtype=backend.dtype("float32")``); ``dtype`` may also be a name such as ``"float32"``.
 
     ``rtol`` defaults to 4 sqrt(eps) of ``actual``'s dtype (SciPy's default): about 1.4e-3 in
-    float32, 6e-8 in float64.  Values are compared on the host (``xpcnn.backend.to_numpy``)."""
+    float32, 6e-8 in float64.  Values are compared on the host (``xpcnn.backends.to_numpy``)."""
     prefix = f"{err_msg}: " if err_msg else ""
     if not _is_array(actual):
         raise AssertionError(f"{prefix}expected an array, got {type(actual).__name__}: {actual!r}")

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from xpcnn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, checkpoint, data, resolve
-from xpcnn.checkpoint import CheckpointError
+from xpcnn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, data, resolve
+
+from xpcnn.io import checkpoint
+from xpcnn.io.checkpoint import CheckpointError
 from xpcnn.cli import train_main
 from xpcnn.training import Checkpointer, Config, Interrupted, Lambda, Trainer, snapshot
 
@@ -699,7 +701,7 @@ def test_a_training_checkpoint_loads_as_a_model(runs):
     (meta_edit("format", "xpcnn-model-9"), "unknown checkpoint format"),
 ])
 def test_a_bad_model_file_is_refused_naming_the_file_and_the_layer(model_file, tmp_path, monkeypatch, edit, problem):
-    from xpcnn import init
+    from xpcnn.nn import init
 
     make_weight = init.make_weight
 

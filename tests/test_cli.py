@@ -211,7 +211,7 @@ def test_signal_saves_checkpoint_and_resume_is_bitwise(tmp_path, tiny_npz, signu
 WRITER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from xpcnn.files import atomic_write
+from xpcnn.io.files import atomic_write
 with atomic_write({path!r}) as handle:
     handle.write(b"new" * 1000)
     handle.flush()

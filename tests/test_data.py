@@ -696,7 +696,7 @@ def test_random_shift_moves_every_channel_alike():
 
 
 def test_plot_pictures_for_one_and_three_channels():
-    from xpcnn.plots import _as_picture
+    from xpcnn.tools.plots import _as_picture
 
     grey, cmap = _as_picture(np.zeros((1, 4, 5), np.uint8))
     assert grey.shape == (4, 5) and cmap == "gray"

@@ -1,4 +1,4 @@
-"""--distributed: data-parallel training over MPI ranks (xpcnn.training.distributed).
+"""--distributed: data-parallel training over MPI ranks (xpcnn.distributed).
 
 pytest itself never runs under mpiexec (one failing rank would hang the others): each test starts
 ``mpiexec -n N python ...`` as a subprocess in its own session, with hydra's MPIEXEC_TIMEOUT and a
@@ -272,7 +272,7 @@ def test_rank_that_raises_aborts_the_whole_job(mpi, small):
     (dict(shared_memory="yes"), "shared_memory is True, False or None, and only for the 'gather' reduction (got 'yes'"),
     (dict(reduction="allreduce", shared_memory=True), "only for the 'gather' reduction (got True with 'allreduce')")])
 def test_data_parallel_step_names_a_bad_argument_before_touching_mpi(kwargs, message):
-    from xpcnn.training.distributed import DataParallelStep
+    from xpcnn.distributed import DataParallelStep
 
     with pytest.raises(ValueError, match=re.escape(message)):
         DataParallelStep(**kwargs)
@@ -379,7 +379,7 @@ def test_nccl_reduction_equals_host_gather_on_gpus(mpi, small, tmp_path):
 
 
 def test_bench_rank_rows_time_the_ranks_and_compare_them(mpi, monkeypatch):
-    from xpcnn import benchmark_ranks
+    import benchmark_ranks
 
     record = benchmark_ranks.run_ranks(2, "article", 200, 3, "float32", 2, None)  # a real 2-rank job
     assert record["ranks"] == 2 and record["epoch_s"] > 0 and record["comm_us_per_step"] > 0

@@ -1,4 +1,4 @@
-"""xpcnn.files: atomic writes (permissions, failures), write_json, the writability checks."""
+"""xpcnn.io.files: atomic writes (permissions, failures), write_json, the writability checks."""
 
 import errno
 import json
@@ -8,8 +8,8 @@ import tempfile
 
 import pytest
 
-from xpcnn import files
-from xpcnn.files import atomic_write, check_writable_dir, check_writable_file, write_json
+from xpcnn.io import files
+from xpcnn.io.files import atomic_write, check_writable_dir, check_writable_file, write_json
 
 
 @pytest.fixture

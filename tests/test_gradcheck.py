@@ -1,4 +1,4 @@
-"""xpcnn.gradcheck: the checker passes correct backward passes and catches wrong ones (a checker
+"""xpcnn.tools.gradcheck: the checker passes correct backward passes and catches wrong ones (a checker
 that passes everything would make every gradient test in the suite worthless)."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 import xpcnn
 from helpers import xp_assert_close
 from xpcnn import Conv2D, Dense, MSELoss, Sequential, Sigmoid, assert_gradients_ok, check_gradients
-from xpcnn.gradcheck import GradCheckResult
+from xpcnn.tools.gradcheck import GradCheckResult
 
 
 def _x(backend, rng, shape):

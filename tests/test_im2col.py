@@ -1,4 +1,4 @@
-"""xpcnn.im2col: the patch layouts against naive loops, bit for bit on every backend, and col2im
+"""xpcnn.nn.im2col: the patch layouts against naive loops, bit for bit on every backend, and col2im
 as the adjoint of im2col; then Conv2D's choice between strided slices and one gather."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from helpers import xp_assert_close
 from xpcnn import Conv2D
-from xpcnn.im2col import _output_size, add_windows, col2im, conv_columns, gather_columns, gather_index, im2col
+from xpcnn.nn.im2col import _output_size, add_windows, col2im, conv_columns, gather_columns, gather_index, im2col
 
 # (input shape (N, C, H, W) of the padded input, kh, kw, stride)
 CASES = [

@@ -1,4 +1,4 @@
-"""xpcnn.init: the three weight schemes (shapes, ranges, spreads), biases, seeding, errors."""
+"""xpcnn.nn.init: the three weight schemes (shapes, ranges, spreads), biases, seeding, errors."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xpcnn import Conv2D, Dense
-from xpcnn.init import INITIALISERS, as_generator, make_bias, make_weight
+from xpcnn.nn.init import INITIALISERS, as_generator, make_bias, make_weight
 
 BIG = (1000, 1000)  # a million draws: sample statistics within about 0.1-0.3% of the truth
 

@@ -98,7 +98,7 @@ def test_save_and_load_npz_on_any_backend(tmp_path, backend, rng):
     model = small_model().to("numpy", dtype="float32")
     path = tmp_path / "model.npz"
     model.save(path)
-    loaded = Sequential.load(path, backend.name, xpcnn.backend.device_name(backend.device))
+    loaded = Sequential.load(path, backend.name, xpcnn.backends.device_name(backend.device))
     assert loaded.config() == model.config() and loaded.dtype == "float32"
     x = rng.random((2, 1, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(to_numpy(loaded(backend.asarray(x))), to_numpy(model(x)), rtol=1e-5, atol=1e-6)

@@ -1,11 +1,11 @@
-"""xpcnn.networks: the presets, the text spec of any Sequential network, and JSON architectures."""
+"""xpcnn.nn.presets: the presets, the text spec of any Sequential network, and JSON architectures."""
 
 import json
 
 import numpy as np
 import pytest
 
-from xpcnn.networks import SpecError, architecture_network, parse_spec, preset_network
+from xpcnn.nn.presets import SpecError, architecture_network, parse_spec, preset_network
 
 
 def names(model):

@@ -1,7 +1,9 @@
 import pytest
 
-from xpcnn import data, parity
-from xpcnn.backend import available
+from xpcnn import data
+
+from xpcnn.tools import parity
+from xpcnn.backends import available
 from xpcnn.training import Config
 
 CPU_SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:device1"]

@@ -1,4 +1,4 @@
-"""xpcnn predict (xpcnn.training.predict): a checkpoint classifies image and array files on any
+"""xpcnn predict (xpcnn.inference): a checkpoint classifies image and array files on any
 backend with the training run's preprocessing; bad inputs get one line each and the others go on."""
 
 import json
@@ -10,7 +10,7 @@ from xpcnn import data, resolve
 from xpcnn.cli import main as console
 from xpcnn.cli import predict_main
 from xpcnn.training import Checkpointer, Config, Trainer
-from xpcnn.training.predict import Predictor
+from xpcnn.inference import Predictor
 
 
 @pytest.fixture(scope="module")

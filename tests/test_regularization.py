@@ -1,4 +1,4 @@
-"""xpcnn.regularization: Dropout and BatchNorm1D/2D -- finite-difference gradients on every backend,
+"""xpcnn.nn.regularization: Dropout and BatchNorm1D/2D -- finite-difference gradients on every backend,
 the train/inference switch, buffers in state dicts, host-drawn noise (the same masks on every
 backend), and both layers in the Trainer's executors (eager, shares, jax.jit, the CUDA-graph
 bookkeeping), resumed bitwise."""
@@ -11,13 +11,13 @@ import pytest
 
 from helpers import interrupt_and_resume, xp_assert_close
 from xpcnn import data, resolve
-from xpcnn.backend import to_numpy
-from xpcnn.gradcheck import assert_gradients_ok
-from xpcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
-from xpcnn.losses import SoftmaxCrossEntropyLoss
-from xpcnn.model import Sequential, StateDictError
+from xpcnn.backends import to_numpy
+from xpcnn.tools.gradcheck import assert_gradients_ok
+from xpcnn.nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from xpcnn.nn.losses import SoftmaxCrossEntropyLoss
+from xpcnn.nn.sequential import Sequential, StateDictError
 from xpcnn.optim import SGD, Adam
-from xpcnn.regularization import BatchNorm1D, BatchNorm2D, Dropout
+from xpcnn.nn.regularization import BatchNorm1D, BatchNorm2D, Dropout
 from xpcnn.training import PRESETS, Lambda, SplitStep, Trainer, WholeBatchStep
 from xpcnn.training.noise import draw_noise, step_noise, step_seed
 
@@ -397,7 +397,7 @@ def jax_backend():
 def test_jit_step_with_dropout_and_batchnorm_equals_eager(jax_backend):
     """Noise and buffers in and out of the pure step: jax.jit gives the eager run (float64, 1e-12),
     running statistics included (Adam: slots and bias corrections); the trace keeps no tracer in the model."""
-    from xpcnn.training.compiled import JaxJitStep
+    from xpcnn.training.executors.compiled import JaxJitStep
 
     compiled = _train(jax_backend, JaxJitStep(), optimizer="adam", lr=0.01, epochs=1)
     eager = _train(jax_backend, optimizer="adam", lr=0.01, epochs=1)
@@ -411,7 +411,7 @@ def test_graph_step_bookkeeping_with_dropout_and_batchnorm():
     """TorchGraphStep's static buffers carry the noise in and the running statistics out: with the
     eager stand-in for the CUDA graph, bit for bit the eager run."""
     pytest.importorskip("torch")
-    from xpcnn.training.compiled import EagerGraphStandIn, TorchGraphStep
+    from xpcnn.training.executors.compiled import EagerGraphStandIn, TorchGraphStep
 
     backend = resolve("torch", "cpu")
     graphed = _train(backend, TorchGraphStep(capture=EagerGraphStandIn()), epochs=3)
@@ -430,7 +430,7 @@ def test_checkpoint_resume_with_a_spec_network(cpu_backend, tmp_path):
 
 
 def test_checkpoint_resume_with_a_spec_network_under_jit(tmp_path):
-    from xpcnn.training.compiled import JaxJitStep
+    from xpcnn.training.executors.compiled import JaxJitStep
 
     pytest.importorskip("jax")
     _resume_spec_network(resolve("jax", "cpu"), tmp_path, JaxJitStep)
@@ -451,7 +451,7 @@ def _resume_spec_network(cpu_backend, tmp_path, make):
 def test_load_checks_batchnorm_sizes_before_building(tmp_path, index, field):
     """An edited BatchNorm size in a model file is a CheckpointError naming the layer, found before
     the layer (and its 10**12-element arrays) is built."""
-    from xpcnn import checkpoint
+    from xpcnn.io import checkpoint
 
     path = tmp_path / "m.npz"
     _bn_model().save(path)

@@ -6,7 +6,7 @@ import pytest
 from helpers import refuse_host_reads
 
 from xpcnn import data, resolve
-from xpcnn.checkpoint import CheckpointError
+from xpcnn.io.checkpoint import CheckpointError
 from xpcnn.training import (PRESETS, Checkpointer, Config, Diverged, Interrupted, Lambda, Trainer, build_model,
                             confusion_matrix, random_shift)
 

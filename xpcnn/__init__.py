@@ -1,13 +1,15 @@
 """xpcnn: a convolutional neural network from scratch on the Python array API."""
 
-from .backend import Backend, BackendError, resolve, to_numpy, from_numpy, transfer, available
-from .layers import Conv2D, Dense, Sigmoid, Tanh, ReLU, Flatten, MaxPool2D, AvgPool2D
-from .model import Sequential, StateDictError
-from .regularization import BatchNorm1D, BatchNorm2D, Dropout
-from .losses import MSELoss, BCELoss, SoftmaxCrossEntropyLoss
-from .optim import SGD, Adam, AdamW
-from .gradcheck import check_gradients, assert_gradients_ok
-from . import data, networks, parity, training  # noqa: E402  (xpcnn.data.load_embedded() etc.)
+from xpcnn.backends import Backend, BackendError, resolve, to_numpy, from_numpy, transfer, available
+from xpcnn.nn.layers import Conv2D, Dense, Sigmoid, Tanh, ReLU, Flatten, MaxPool2D, AvgPool2D
+from xpcnn.nn.sequential import Sequential, StateDictError
+from xpcnn.nn.regularization import BatchNorm1D, BatchNorm2D, Dropout
+from xpcnn.nn.losses import MSELoss, BCELoss, SoftmaxCrossEntropyLoss
+from xpcnn.optim import SGD, Adam, AdamW
+from xpcnn.tools.gradcheck import check_gradients, assert_gradients_ok
+from xpcnn import data, training
+from xpcnn.nn import presets as networks
+from xpcnn.tools import parity
 
 __version__ = "0.1.0"
 

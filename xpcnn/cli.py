@@ -15,18 +15,18 @@ import signal
 import sys
 import tempfile
 
-from . import data as datasets
-from . import parity as parity_mod
-from .backend import BACKENDS, BackendError, DTYPES, default_backend_name, parse_spec, resolve
-from .checkpoint import CheckpointError
-from .files import check_writable_dir, write_json
-from .networks import SPEC_HELP
-from .training import (PRESETS, ConfigError, Diverged, Interrupted, ProgressBar, ResumeMismatch, Trainer,
+from xpcnn import data as datasets
+from xpcnn.tools import parity as parity_mod
+from xpcnn.backends import BACKENDS, BackendError, DTYPES, default_backend_name, parse_spec, resolve
+from xpcnn.io.checkpoint import CheckpointError
+from xpcnn.io.files import check_writable_dir, write_json
+from xpcnn.nn.presets import SPEC_HELP
+from xpcnn.training import (PRESETS, ConfigError, Diverged, Interrupted, ProgressBar, ResumeMismatch, Trainer,
                        build_model, make_executor, resume_config, standard_extensions)
-from .training.compiled import compiled_executor, compiles_by_default, has_compiled_executor
-from .training.hostmem import keep_freed_memory
-from .training.snapshot import read as read_checkpoint
-from .training.trainer import last_batch_problem
+from xpcnn.training.executors.compiled import compiled_executor, compiles_by_default, has_compiled_executor
+from xpcnn.training.hostmem import keep_freed_memory
+from xpcnn.training.snapshot import read as read_checkpoint
+from xpcnn.training.trainer import last_batch_problem
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DIVERGED, EXIT_IO = 0, 1, 2, 3, 4
 
@@ -305,7 +305,7 @@ def run_compare(p, args) -> int:
     print(parity_mod.format_report(report))
     write_json(os.path.join(args.out, "parity.json"), report)
     if args.plot:
-        from .plots import plot_parity
+        from xpcnn.tools.plots import plot_parity
         plot_parity(report, os.path.join(args.out, "parity.png"))
     print(f"wrote {os.path.join(args.out, 'parity.json')}")
     return EXIT_OK if report["result"] == "PASS" else EXIT_FAIL
@@ -337,7 +337,7 @@ def train_main(argv=None, prog: str = "train.py") -> int:
     With ``--distributed`` every MPI rank runs this (:func:`_train_distributed`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if _asks_for_distributed(argv):
-        from .training.distributed import run_job
+        from xpcnn.distributed import run_job
 
         return run_job(lambda job: _train_distributed(argv, prog, job), prog)
     p = build_parser(prog)
@@ -418,11 +418,11 @@ def _asks_for_distributed(argv) -> bool:
 
 
 def _train_distributed(argv, prog: str, job) -> int:
-    """``train_main`` on one MPI rank (``job``: :class:`xpcnn.training.distributed.Job`).  Rank 0
+    """``train_main`` on one MPI rank (``job``: :class:`xpcnn.distributed.Job`).  Rank 0
     alone prints; a usage error on any rank while the ranks set up is reported once (naming the
     rank when only some ranks have it) and every rank exits 2; then the ranks check that they run
     the same configuration from the same parameters (exit 2 otherwise) and train."""
-    from .training.distributed import DataParallelStep, RankMismatch, rank_device
+    from xpcnn.distributed import DataParallelStep, RankMismatch, rank_device
 
     p = build_parser(prog)
     if not job.is_main:  # argparse's messages (usage errors, --help) from rank 0 only
@@ -506,7 +506,7 @@ def predict_main(argv=None, prog: str = "predict.py") -> int:
     """``xpcnn predict`` / ``scripts/predict.py``: classify image or array files with a trained
     checkpoint.  Exit status 0 when every input was classified, 1 when some could not be (each has
     its line), 2 on a usage error (bad checkpoint, backend or flags)."""
-    from .training.predict import Predictor, format_prediction
+    from xpcnn.inference import Predictor, format_prediction
 
     p = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -40,8 +40,8 @@ from pathlib import PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
-from .backend import Backend, from_numpy
-from .files import atomic_write
+from xpcnn.backends import Backend, from_numpy
+from xpcnn.io.files import atomic_write
 
 EMBEDDED_PATH = os.path.join(os.path.dirname(__file__), "assets", "mnist5k.npz")
 # sha256 of the embedded digits as (5000, 28, 28) uint8 images then uint8 labels (content_sha256)

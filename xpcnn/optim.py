@@ -5,7 +5,7 @@ immutable arrays work).  State is saved by parameter name.
 Each rule is a pure function, ``update(param, grad, slots, scalars) -> (new_param, new_slots)``:
 arrays in, arrays out, and the step's scalars (learning rate, Adam's bias corrections) computed on
 the host by ``scalars()`` and passed in.  ``step`` applies it to every parameter; a compiled
-executor (:mod:`xpcnn.training.compiled`) traces the same function with the scalars as inputs,
+executor (:mod:`xpcnn.training.executors.compiled`) traces the same function with the scalars as inputs,
 so a new learning rate or step count never needs a new compilation.
 
 Weight decay (``weight_decay`` wd >= 0, default 0: none) applies to *every* parameter the model has
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from .backend import namespace, to_numpy, transfer, backend_of
+from xpcnn.backends import namespace, to_numpy, transfer, backend_of
 
 
 class Optimizer:

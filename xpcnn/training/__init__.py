@@ -18,15 +18,15 @@ module                 what it holds
 =====================  ==========================================================================
 """
 
-from .augment import random_shift
-from .builders import build_loss, build_model, build_optimizer
-from .config import PRESETS, TASKS, Config, ConfigError, ResumeMismatch, resume_config
-from .executors import SplitStep, StepExecutor, WholeBatchStep, make_executor
-from .extensions import (Checkpointer, Diverged, DivergenceCheck, EarlyStopping, Evaluator, ExponentialDecay,
+from xpcnn.training.augment import random_shift
+from xpcnn.training.builders import build_loss, build_model, build_optimizer
+from xpcnn.training.config import PRESETS, TASKS, Config, ConfigError, ResumeMismatch, resume_config
+from xpcnn.training.executors import SplitStep, StepExecutor, WholeBatchStep, make_executor
+from xpcnn.training.extensions import (Checkpointer, Diverged, DivergenceCheck, EarlyStopping, Evaluator, ExponentialDecay,
                          Extension, FinalEvaluation, Lambda, LogReport, MetricsWriter, PlotReport, PrintReport,
                          ProgressBar, standard_extensions)
-from .metrics import Evaluation, confusion_matrix
-from .trainer import Interrupted, Trainer, TrainState, config_from_checkpoint
+from xpcnn.training.metrics import Evaluation, confusion_matrix
+from xpcnn.training.trainer import Interrupted, Trainer, TrainState, config_from_checkpoint
 
 __all__ = [
     "random_shift", "build_loss", "build_model", "build_optimizer", "PRESETS", "TASKS", "Config", "ConfigError",

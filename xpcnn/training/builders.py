@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..losses import LOSSES
-from ..model import Sequential
-from ..networks import preset_network
-from ..optim import SGD, Adam, AdamW
-from .config import Config
+from xpcnn.nn.losses import LOSSES
+from xpcnn.nn.sequential import Sequential
+from xpcnn.nn.presets import preset_network
+from xpcnn.optim import SGD, Adam, AdamW
+from xpcnn.training.config import Config
 
 
 def build_model(config: Config) -> Sequential:

@@ -13,10 +13,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..backend import DTYPES
-from ..data import TASKS
-from ..init import INITIALISERS
-from ..losses import LOSSES
+from xpcnn.backends import DTYPES
+from xpcnn.data import TASKS
+from xpcnn.nn.init import INITIALISERS
+from xpcnn.nn.losses import LOSSES
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 PRESET_NAMES = ("default", "article", "lenet5", "vgg")
@@ -70,7 +70,7 @@ class Config:
     train_count: int | None = None  # use only the first N training images (the article: 200)
     shift: int = 2  # augmentation: random translation of each training image by up to this many pixels
     lr_decay: float = 0.8  # the learning rate of epoch e (from 0) is lr * lr_decay ** e
-    model: str | None = None  # a network spec (xpcnn.networks.SPEC_HELP); None: the preset's network
+    model: str | None = None  # a network spec (xpcnn.nn.presets.SPEC_HELP); None: the preset's network
     image_shape: tuple = (1, 28, 28)  # (C, H, W) of the images: the data's
     classes: int = 10  # K, the number of classes: the data's
     normalize: bool = False  # scale each channel by the training split's mean and std
@@ -152,7 +152,7 @@ PRESETS = {
     # dense 1728 -> 1, sigmoid, 1/2 squared error, plain gradient descent, U[0, 1) initialisation.
     "article": Config(preset="article", task="binary", epochs=20, batch_size=200, lr=0.1, optimizer="sgd",
                       momentum=0.0, loss="mse", init="uniform", train_count=200, shift=0, lr_decay=1.0),
-    # LeNet-5 adapted (xpcnn.networks): conv 6, conv 16, dense 120, 84, K; tuned on the embedded digits
+    # LeNet-5 adapted (xpcnn.nn.presets): conv 6, conv 16, dense 120, 84, K; tuned on the embedded digits
     "lenet5": Config(preset="lenet5", epochs=40, batch_size=64, lr=0.05, lr_decay=0.92),
     # a small VGG for 3x32x32 (CIFAR-10-like): two conv blocks with batch norm, dense 128, dropout
     "vgg": Config(preset="vgg", image_shape=(3, 32, 32), epochs=20, batch_size=64, optimizer="adam", lr=1e-3,

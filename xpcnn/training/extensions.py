@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from ..files import atomic_write, write_json
+from xpcnn.io.files import atomic_write, write_json
 
 PRIORITY_WRITER, PRIORITY_EDITOR, PRIORITY_READER = 300, 200, 100
 
@@ -283,7 +283,7 @@ class PlotReport(Extension):
     def on_fit_end(self, trainer):
         if not trainer.is_main:
             return
-        from ..plots import plot_run
+        from xpcnn.tools.plots import plot_run
 
         for path in plot_run(trainer, trainer.metrics(self.source), self.image, self.folder, trainer.normalize):
             if self.verbose:

@@ -5,7 +5,7 @@ The file is untrusted input (it may have been edited, damaged or made by another
 :func:`read` checks every field of the meta record -- types, ranges, known preset, layer and
 optimizer names, the random generator's kind and state, the step within the epoch, the history's
 shape -- and the arrays against the architecture, before the caller changes anything.  Every
-failure is a :class:`~xpcnn.checkpoint.CheckpointError` naming the file and the field.
+failure is a :class:`~xpcnn.io.checkpoint.CheckpointError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import checkpoint as ckpt
-from ..backend import DTYPES
-from ..data import MAX_CLASS_NAME, DataError, check_normalize
-from ..model import Sequential
-from .builders import build_model
-from .config import Config, ConfigError
+from xpcnn.io import checkpoint as ckpt
+from xpcnn.backends import DTYPES
+from xpcnn.data import MAX_CLASS_NAME, DataError, check_normalize
+from xpcnn.nn.sequential import Sequential
+from xpcnn.training.builders import build_model
+from xpcnn.training.config import Config, ConfigError
 
 HISTORY_KEYS = ("epoch", "loss", "val_loss", "val_accuracy", "images_per_s", "seconds")
 OPTIMIZER_SLOTS = {"sgd": (), "momentum": ("velocity",), "adam": ("m", "v"), "adamw": ("m", "v")}

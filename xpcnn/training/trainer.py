@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import Backend, to_numpy
-from ..checkpoint import CheckpointError
-from ..data import Split, batch_indices, channel_stats, targets_to_batch, task_targets, to_batch
-from ..model import Sequential
-from . import snapshot
-from .augment import shift_batch
-from .builders import build_loss, build_model, build_optimizer
-from .config import Config, ResumeMismatch, resume_config
-from .executors import StepExecutor, make_executor
-from .extensions import DivergenceCheck, Evaluator, ExponentialDecay, Extension
-from .metrics import Evaluation, confusion_matrix
+from xpcnn.backends import Backend, to_numpy
+from xpcnn.io.checkpoint import CheckpointError
+from xpcnn.data import Split, batch_indices, channel_stats, targets_to_batch, task_targets, to_batch
+from xpcnn.nn.sequential import Sequential
+from xpcnn.training import snapshot
+from xpcnn.training.augment import shift_batch
+from xpcnn.training.builders import build_loss, build_model, build_optimizer
+from xpcnn.training.config import Config, ResumeMismatch, resume_config
+from xpcnn.training.executors import StepExecutor, make_executor
+from xpcnn.training.extensions import DivergenceCheck, Evaluator, ExponentialDecay, Extension
+from xpcnn.training.metrics import Evaluation, confusion_matrix
 
 
 class Interrupted(RuntimeError):
@@ -124,7 +124,7 @@ class Trainer:
     def step(self, images: np.ndarray, targets: np.ndarray):
         """Forward, backward and update on one host batch; returns the loss as a device array.
         A model with Dropout gets the step's noise, drawn on the host from (seed, epoch, step)."""
-        from .noise import step_noise
+        from xpcnn.training.noise import step_noise
 
         noise = step_noise(self.model, images, self.config.seed, self.state.epoch, self.state.step_in_epoch,
                            self.config.dtype)
@@ -276,7 +276,7 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, path) -> None:
         """A resumable checkpoint (parameters, optimizer state, RNG state, history), written atomically."""
-        from .. import checkpoint
+        from xpcnn.io import checkpoint
 
         checkpoint.save(path, self.model.state_dict(), self.optimizer.state_dict(), snapshot.meta_record(self))
 

@@ -3,7 +3,7 @@ import sys, time, statistics
 import numpy as np
 import array_api_compat
 sys.path.insert(0, ".")
-from xpcnn.backend import resolve, parse_spec, synchronize
+from xpcnn.backends import resolve, parse_spec, synchronize
 
 def cost(backend, name, fn, n=400):
     for _ in range(20):

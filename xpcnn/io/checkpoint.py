@@ -6,7 +6,7 @@ A checkpoint is untrusted input.  This module checks the container: a zip that N
 pickles, a meta record that is a JSON object of a known format, arrays of real numbers, and a
 sha256 ``digest`` over the meta record and every array, so that a file edited or damaged after it
 was written is refused as such.  What the fields *mean* is checked by the code that uses them
-(:mod:`xpcnn.training.snapshot`, :meth:`xpcnn.model.Sequential.load`).  Every failure is a
+(:mod:`xpcnn.training.snapshot`, :meth:`xpcnn.nn.sequential.Sequential.load`).  Every failure is a
 :class:`CheckpointError` naming the file.
 """
 
@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from .files import atomic_write
+from xpcnn.io.files import atomic_write
 
 FORMAT = "xpcnn-checkpoint-2"
 LEGACY_FORMATS = ("xpcnn-checkpoint-1",)  # round 1: no digest; its fields are checked all the same

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from .backend import parse_spec, resolve
-from .data import Split
-from .training import Config, Trainer, build_model
+from xpcnn.backends import parse_spec, resolve
+from xpcnn.data import Split
+from xpcnn.training import Config, Trainer, build_model
 
 # Measured (docs/parity.md, default preset, embedded data): float64 runs of numpy, torch, jax,
 # array_api_strict, cupy and torch on an H100 differ by at most 1.2e-15 per parameter element

@@ -14,9 +14,9 @@ from __future__ import annotations
 import array_api_extra as xpx
 from array_api_compat import device as device_of
 
-from . import init as initialisers
-from .backend import Backend, device_name, namespace, on_gpu, resolve, transfer
-from .im2col import _output_size, _window, add_windows, col2im, conv_columns, gather_columns, gather_index, im2col
+from xpcnn.nn import init as initialisers
+from xpcnn.backends import Backend, device_name, namespace, on_gpu, resolve, transfer
+from xpcnn.nn.im2col import _output_size, _window, add_windows, col2im, conv_columns, gather_columns, gather_index, im2col
 
 
 def _size(value, name: str, layer: str, minimum: int) -> int:

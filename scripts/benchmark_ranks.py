@@ -1,8 +1,8 @@
 """The benchmark's data-parallel rows (``scripts/bench.py --ranks N``): xpcnn's workload trained by
-:class:`~xpcnn.training.distributed.DataParallelStep` on N MPI ranks, against one rank and against
+:class:`~xpcnn.distributed.DataParallelStep` on N MPI ranks, against one rank and against
 PyTorch, all timed round-robin inside one job.
 
-``bench.py`` launches ``mpiexec -n N python -m xpcnn.benchmark_ranks ...`` once per rank count
+``bench.py`` launches ``mpiexec -n N python scripts/benchmark_ranks.py ...`` once per rank count
 (:func:`run_ranks`).  Each round of the job times, one after the other:
 
 * the N-rank epoch: every rank trains its share of each batch; a barrier, one untimed epoch
@@ -67,7 +67,7 @@ def run_ranks(ranks: int, workload: str, batch: int, filters: int, dtype: str, r
     env = dict(os.environ, MPIEXEC_TIMEOUT=str(int(timeout)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                       env.get("PYTHONPATH")]))
-    command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "xpcnn.benchmark_ranks", "--workload", workload,
+    command = [mpiexec, "-n", str(ranks), sys.executable, os.path.abspath(__file__), "--workload", workload,
                "--batch", str(batch), "--filters", str(filters), "--dtype", dtype, "--repeats", str(repeats),
                "--backend", backend, "--out", out] + (["--chunk", str(chunk)] if chunk else []) \
         + (["--torch-threads", str(default_torch_threads())] if anchor else ["--no-anchor"])
@@ -92,7 +92,7 @@ def default_torch_threads() -> int:
 
 
 def add_rank_rows(result: dict, ranks: list[int], chunk: int | None, backend: str = "numpy") -> list[dict]:
-    """Time ``result``'s workload (a :func:`xpcnn.benchmark.run` result) on each of ``ranks`` ranks,
+    """Time ``result``'s workload (a :func:`benchmark.run` result) on each of ``ranks`` ranks,
     one job each, and append to ``result["rows"]`` a row for one rank (from the first job) and one
     for each rank count: epoch time, images/s, the ratio to PyTorch on the CPU and the speed-up
     over one rank (both timed round-robin in the same job), the scaling efficiency (speed-up /
@@ -157,16 +157,16 @@ def wait_asleep(comm) -> None:
 
 
 def _rank_main(args, job) -> int:
-    """One rank of the timing job (``job``: :class:`xpcnn.training.distributed.Job`)."""
+    """One rank of the timing job (``job``: :class:`xpcnn.distributed.Job`)."""
     import numpy as np
 
-    from .backend import parse_spec, resolve, synchronize
-    from .benchmark import batches_of, torch_epoch, workload_data, xpcnn_network
-    from .losses import MSELoss, SoftmaxCrossEntropyLoss
-    from .optim import SGD
-    from .training.distributed import DataParallelStep, mpi, rank_device
-    from .training.executors import share_bounds
-    from .training.hostmem import keep_freed_memory
+    from xpcnn.backends import parse_spec, resolve, synchronize
+    from benchmark import batches_of, torch_epoch, workload_data, xpcnn_network
+    from xpcnn.nn.losses import MSELoss, SoftmaxCrossEntropyLoss
+    from xpcnn.optim import SGD
+    from xpcnn.distributed import DataParallelStep, mpi, rank_device
+    from xpcnn.training.executors import share_bounds
+    from xpcnn.training.hostmem import keep_freed_memory
 
     keep_freed_memory()
     comm = job.comm
@@ -266,7 +266,7 @@ def _rank_main(args, job) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xpcnn.benchmark_ranks", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python scripts/benchmark_ranks.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", choices=("bench", "article"), default="bench")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--filters", type=int, default=8)
@@ -282,9 +282,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.anchor and importlib.util.find_spec("torch") is None:
         args.anchor = False
-    from .training.distributed import run_job
+    from xpcnn.distributed import run_job
 
-    return run_job(lambda job: _rank_main(args, job), "xpcnn.benchmark_ranks")
+    return run_job(lambda job: _rank_main(args, job), "benchmark_ranks")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,14 @@ import time
 
 import numpy as np
 
-from . import data
-from .backend import parse_spec, resolve, synchronize
-from .losses import MSELoss, SoftmaxCrossEntropyLoss
-from .model import Sequential
-from .networks import article_network, bench_network
-from .optim import SGD
-from .training import make_executor
-from .training.compiled import compiled_executor, has_compiled_executor
+from xpcnn import data
+from xpcnn.backends import parse_spec, resolve, synchronize
+from xpcnn.nn.losses import MSELoss, SoftmaxCrossEntropyLoss
+from xpcnn.nn.sequential import Sequential
+from xpcnn.nn.presets import article_network, bench_network
+from xpcnn.optim import SGD
+from xpcnn.training import make_executor
+from xpcnn.training.executors.compiled import compiled_executor, has_compiled_executor
 
 SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:CPU_DEVICE", "cupy:cuda", "torch:cuda", "jax:cuda"]
 
@@ -59,7 +59,7 @@ def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=
     """A closure that trains xpcnn for one epoch on ``spec`` with the training engine's step executor:
     ``threads`` > 1 splits every batch over that many threads (BLAS one thread each), ``chunk`` runs
     it as pieces of at most that many images (xpcnn.training.executors.SplitStep), ``compiled`` runs
-    each step compiled (jax.jit, a CUDA graph: xpcnn.training.compiled); the first call compiles."""
+    each step compiled (jax.jit, a CUDA graph: xpcnn.training.executors.compiled); the first call compiles."""
     backend = resolve(*parse_spec(spec))
     model = xpcnn_network(workload, filters).to(backend, dtype=dtype)
     loss_fn = MSELoss() if workload == "article" else SoftmaxCrossEntropyLoss()

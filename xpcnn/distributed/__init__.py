@@ -50,9 +50,9 @@ import traceback
 
 import numpy as np
 
-from ..backend import from_numpy, limit_blas_threads, to_numpy
-from ..data import targets_to_batch, to_batch
-from .executors import SplitStep, StepExecutor, refuse_batch_statistics, refuse_empty_batch, share_bounds
+from xpcnn.backends import from_numpy, limit_blas_threads, to_numpy
+from xpcnn.data import targets_to_batch, to_batch
+from xpcnn.training.executors import SplitStep, StepExecutor, refuse_batch_statistics, refuse_empty_batch, share_bounds
 
 EXTRA = "pip install 'xpcnn[mpi]'"
 REDUCTIONS = ("gather", "allreduce", "nccl")

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-from .backend import to_numpy
-from .data import to_batch
-from .files import atomic_write
+from xpcnn.backends import to_numpy
+from xpcnn.data import to_batch
+from xpcnn.io.files import atomic_write
 
 
 def _pyplot():

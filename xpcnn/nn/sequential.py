@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 
-from .backend import Backend, backend_of, dtype_name, resolve, to_numpy, transfer
-from .layers import LAYER_TYPES, Layer
-from . import regularization  # noqa: F401,E402  (adds Dropout, BatchNorm1D/2D to LAYER_TYPES)
+from xpcnn.backends import Backend, backend_of, dtype_name, resolve, to_numpy, transfer
+from xpcnn.nn.layers import LAYER_TYPES, Layer
+from xpcnn.nn import regularization  # noqa: F401,E402  (adds Dropout, BatchNorm1D/2D to LAYER_TYPES)
 
 
 class StateDictError(ValueError):
@@ -76,7 +76,7 @@ class Sequential(Layer):
         layer, name = self._owner(qualified)
         layer.set_parameter(name, value)
 
-    # -- buffers and noise (xpcnn.regularization) ----------------------------------
+    # -- buffers and noise (xpcnn.nn.regularization) ----------------------------------
     def named_buffers(self):
         """(name, array) pairs of the layers' buffers -- state that is not a parameter, such as
         BatchNorm's running statistics (``"3.running_mean"``): in :meth:`state_dict`, no gradient,
@@ -203,7 +203,7 @@ class Sequential(Layer):
 
     def save(self, path) -> None:
         """Write architecture, dtype and parameters to one ``.npz``, atomically."""
-        from . import checkpoint
+        from xpcnn.io import checkpoint
 
         checkpoint.save(path, self.state_dict(), {}, {"architecture": self.config(), "dtype": self.dtype})
 
@@ -215,12 +215,12 @@ class Sequential(Layer):
         whose arguments build, its dtype float32 or float64, and each layer's parameter shapes --
         worked out from the layer's arguments before it is built, so that an edited size allocates
         nothing -- those of the arrays in the file.  Any problem is a
-        :class:`~xpcnn.checkpoint.CheckpointError` naming the file (and the layer's index)."""
+        :class:`~xpcnn.io.checkpoint.CheckpointError` naming the file (and the layer's index)."""
         import inspect
 
-        from . import checkpoint
-        from .backend import DTYPES
-        from .layers import _pair, _size
+        from xpcnn.io import checkpoint
+        from xpcnn.backends import DTYPES
+        from xpcnn.nn.layers import _pair, _size
 
         def fail(problem: str):
             raise checkpoint.CheckpointError(f"{path}: {problem}")

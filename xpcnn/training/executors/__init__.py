@@ -41,7 +41,7 @@ An executor is built with its own options, then the Trainer binds it once and cl
 * ``close()`` may be called more than once.
 
 :class:`WholeBatchStep` is the plain step; :class:`SplitStep` cuts each batch into shares;
-:class:`~xpcnn.training.distributed.DataParallelStep` (mpi4py) gives each MPI rank one share.
+:class:`~xpcnn.distributed.DataParallelStep` (mpi4py) gives each MPI rank one share.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ import contextlib
 import copy
 from concurrent.futures import ThreadPoolExecutor
 
-from ..backend import from_numpy, limit_blas_threads
-from ..data import DataError, targets_to_batch, to_batch
+from xpcnn.backends import from_numpy, limit_blas_threads
+from xpcnn.data import DataError, targets_to_batch, to_batch
 
 
 class StepExecutor:
@@ -175,7 +175,7 @@ class SplitStep(StepExecutor):
     * chunks: a batch's arrays (im2col's columns are 25x the images) outgrow the cache at some size;
       two steps on 64 images then cost less than one on 128.
     * threads: NumPy (and PyTorch) release the GIL inside their array operations, so two threads keep
-      two cores busy.  Matrix products then run single-threaded (:func:`~xpcnn.backend.limit_blas_threads`
+      two cores busy.  Matrix products then run single-threaded (:func:`~xpcnn.backends.limit_blas_threads`
       while the executor runs), or BLAS's worker threads and ours fight over the cores.
 
     Each thread runs its shares on its own copy of the layers (layers keep their activations from

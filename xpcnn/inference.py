@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import Backend, to_numpy
-from ..data import DataError, read_image, validate
-from .builders import build_model
-from .snapshot import read as read_checkpoint
+from xpcnn.backends import Backend, to_numpy
+from xpcnn.data import DataError, read_image, validate
+from xpcnn.training.builders import build_model
+from xpcnn.training.snapshot import read as read_checkpoint
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Predictor:
     def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, K) for host images (N, C, H, W) of the run's shape: softmax of the
         logits, or (1 - O, O) for the binary task's one sigmoid output."""
-        from ..data import to_batch
+        from xpcnn.data import to_batch
 
         xp, out = self.backend.xp, []
         with self.model.inference():

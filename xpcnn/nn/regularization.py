@@ -2,7 +2,7 @@
 (:class:`BatchNorm2D` for (N, C, H, W) feature maps, :class:`BatchNorm1D` for (N, F) features).
 
 Both behave differently in training and in inference, and both switch on the layer's ``saving``
-flag, which :meth:`xpcnn.model.Sequential.inference` turns off: a forward that keeps activations
+flag, which :meth:`xpcnn.nn.sequential.Sequential.inference` turns off: a forward that keeps activations
 for a backward pass is a training forward; one under ``model.inference()`` is an inference forward
 (Dropout the identity, BatchNorm with its running statistics).
 
@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
-from .backend import Backend, namespace, resolve, transfer
-from .layers import LAYER_TYPES, Layer, _check_input, _size
+from xpcnn.backends import Backend, namespace, resolve, transfer
+from xpcnn.nn.layers import LAYER_TYPES, Layer, _check_input, _size
 
 
 def _number(value, name: str, layer: str) -> float:
@@ -238,6 +238,6 @@ class BatchNorm1D(_BatchNorm):
 
 
 REGULARIZATION_TYPES = {cls.__name__: cls for cls in (Dropout, BatchNorm2D, BatchNorm1D)}
-# One registry of layer types for Sequential.from_config and Sequential.load (xpcnn.model imports
+# One registry of layer types for Sequential.from_config and Sequential.load (xpcnn.nn.sequential imports
 # this module, so the names are there whenever a model can be rebuilt).
 LAYER_TYPES.update(REGULARIZATION_TYPES)

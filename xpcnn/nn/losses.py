@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from .backend import namespace
+from xpcnn.backends import namespace
 
 
 def _check_pair(xp, output, target, name: str):

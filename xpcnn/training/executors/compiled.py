@@ -30,8 +30,8 @@ What makes a compiled step equal to the eager one (each of these was a measured 
 
 from __future__ import annotations
 
-from ..backend import BackendError
-from .executors import StepExecutor, WholeBatchStep, unpack
+from xpcnn.backends import BackendError
+from xpcnn.training.executors import StepExecutor, WholeBatchStep, unpack
 
 
 def _pure_step(model, loss_fn, optimizer):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import backend_of, from_numpy, to_numpy
+from xpcnn.backends import backend_of, from_numpy, to_numpy
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The networks xpcnn trains, in one place: the presets of ``train.py``, the benchmark's
-network and the errata's.  Each is a :class:`~xpcnn.model.Sequential` initialised on the host from
+network and the errata's.  Each is a :class:`~xpcnn.nn.sequential.Sequential` initialised on the host from
 a NumPy generator (so every backend starts from the same bits).
 
 ``outputs`` is the width of the last layer: 1 gives the article's single sigmoid output
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 
-from .init import as_generator
-from .layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid, Tanh
-from .model import Sequential
+from xpcnn.nn.init import as_generator
+from xpcnn.nn.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid, Tanh
+from xpcnn.nn.sequential import Sequential
 
 IMAGE_SHAPE = (1, 28, 28)  # MNIST: one channel of 28 x 28 pixels
 
@@ -145,11 +145,11 @@ def parse_spec(spec: str, image_shape: tuple, outputs: int, init: str = "he", se
                     raise SpecError(f"{where}: give the width (dense<N>); only the last dense layer may omit it")
                 layer = Dense(shape[0], width, bias=not before_bn, init=dense_init, rng=rng)
             elif kind == "dropout":
-                from .regularization import Dropout
+                from xpcnn.nn.regularization import Dropout
 
                 layer = Dropout(float(match.group(1)))
             elif kind == "bn":
-                from .regularization import BatchNorm1D, BatchNorm2D
+                from xpcnn.nn.regularization import BatchNorm1D, BatchNorm2D
 
                 layer = BatchNorm2D(shape[0]) if len(shape) == 3 else BatchNorm1D(shape[0])
             else:
@@ -175,7 +175,7 @@ def architecture_network(architecture, image_shape: tuple, outputs: int, init: s
     import inspect
     import json
 
-    from .layers import LAYER_TYPES as types  # (with Dropout and BatchNorm, which xpcnn.model registers)
+    from xpcnn.nn.layers import LAYER_TYPES as types  # (with Dropout and BatchNorm, which xpcnn.nn.sequential registers)
 
     if isinstance(architecture, str):
         try:

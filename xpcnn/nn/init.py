@@ -1,5 +1,5 @@
 """Weight initialisers.  They run on the host with ``numpy.random.Generator`` and
-return float64 NumPy arrays; :meth:`xpcnn.layers.Layer.to` then moves them to a
+return float64 NumPy arrays; :meth:`xpcnn.nn.layers.Layer.to` then moves them to a
 backend.  That way every backend starts from bit-identical weights."""
 
 from __future__ import annotations
