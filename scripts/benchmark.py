@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from xpcnn import data
-from xpcnn.backends import parse_spec, resolve, synchronize
+from xpcnn.backends import resolve, split_spec, synchronize
 from xpcnn.nn.losses import MSELoss, SoftmaxCrossEntropyLoss
 from xpcnn.nn.sequential import Sequential
 from xpcnn.nn.presets import article_network, bench_network
@@ -60,7 +60,7 @@ def xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, threads=
     ``threads`` > 1 splits every batch over that many threads (BLAS one thread each), ``chunk`` runs
     it as pieces of at most that many images (xpcnn.training.executors.SplitStep), ``compiled`` runs
     each step compiled (jax.jit, a CUDA graph: xpcnn.training.executors.compiled); the first call compiles."""
-    backend = resolve(*parse_spec(spec))
+    backend = resolve(*split_spec(spec))
     model = xpcnn_network(workload, filters).to(backend, dtype=dtype)
     loss_fn = MSELoss() if workload == "article" else SoftmaxCrossEntropyLoss()
     executor = compiled_executor(backend) if compiled else make_executor(threads, chunk)
@@ -202,7 +202,7 @@ def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=Tru
     epochs = {spec: xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype,
                                 compiled=False) for spec in specs}
     for spec in specs:  # each compiled executor next to its eager twin
-        if has_compiled_executor(resolve(*parse_spec(spec))):
+        if has_compiled_executor(resolve(*split_spec(spec))):
             epochs[f"{spec} compiled"] = xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, compiled=True)
     if "numpy" in specs:  # the same NumPy code with each batch cut into shares (xpcnn.training.executors)
         pieces = f", chunks of {chunk}" if chunk else ""

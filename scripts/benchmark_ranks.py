@@ -160,7 +160,7 @@ def _rank_main(args, job) -> int:
     """One rank of the timing job (``job``: :class:`xpcnn.distributed.Job`)."""
     import numpy as np
 
-    from xpcnn.backends import parse_spec, resolve, synchronize
+    from xpcnn.backends import resolve, split_spec, synchronize
     from benchmark import batches_of, torch_epoch, workload_data, xpcnn_network
     from xpcnn.nn.losses import MSELoss, SoftmaxCrossEntropyLoss
     from xpcnn.optim import SGD
@@ -170,7 +170,7 @@ def _rank_main(args, job) -> int:
 
     keep_freed_memory()
     comm = job.comm
-    name, device = parse_spec(args.backend)
+    name, device = split_spec(args.backend)
     backend = resolve(name, rank_device(name, device, job.local_rank))
     images, targets = workload_data(args.workload, None)
     batch = len(images) if args.workload == "article" else args.batch

@@ -27,15 +27,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from benchmark import workload_data, xpcnn_network  # noqa: E402
 from xpcnn import data  # noqa: E402
-from xpcnn.backends import BackendError, parse_spec, resolve, synchronize  # noqa: E402
+from xpcnn.backends import BackendError, resolve, split_spec, synchronize  # noqa: E402
 from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
-from xpcnn.nn.layers import Conv2D  # noqa: E402
+from xpcnn.nn.conv import Conv2D  # noqa: E402
 from xpcnn.nn.losses import SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.optim import SGD  # noqa: E402
 
 
 def profile(spec: str, batch: int, filters: int, dtype: str, repeats: int, functions: int = 0, im2col: str = "auto"):
-    backend = resolve(*parse_spec(spec))
+    backend = resolve(*split_spec(spec))
     model = xpcnn_network("bench", filters).to(backend, dtype=dtype)
     model.layers[0].im2col = im2col
     loss_fn, optimizer = SoftmaxCrossEntropyLoss(), SGD(0.05)

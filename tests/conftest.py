@@ -29,7 +29,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from xpcnn.backends import BackendError, parse_spec, resolve  # noqa: E402
+from xpcnn.backends import BackendError, resolve, split_spec  # noqa: E402
 
 SPECS = [
     "numpy",
@@ -55,7 +55,7 @@ def _selected(config) -> list[str]:
     wanted = [w.strip() for w in config.getoption("--backends").split(",") if w.strip()]
     if not wanted:
         return SPECS
-    return [s for s in SPECS if s in wanted or parse_spec(s)[0] in wanted]
+    return [s for s in SPECS if s in wanted or split_spec(s)[0] in wanted]
 
 
 def _required() -> set[str]:
@@ -64,9 +64,9 @@ def _required() -> set[str]:
 
 def pytest_configure(config):
     for name in _required():
-        spec = next((s for s in SPECS if parse_spec(s)[0] == name or s == name), name)
+        spec = next((s for s in SPECS if split_spec(s)[0] == name or s == name), name)
         try:
-            resolve(*parse_spec(spec))
+            resolve(*split_spec(spec))
         except BackendError as exc:
             raise pytest.UsageError(f"required backend {name!r} is not usable: {exc}")
 
@@ -92,11 +92,11 @@ def _is_required(spec: str) -> bool:
     """A spec named in XPCNN_REQUIRE_BACKENDS, or the CPU specs of a backend named there
     (requiring 'torch' requires torch on the CPU; name 'torch:cuda' to require the GPU)."""
     required = _required()
-    return spec in required or (parse_spec(spec)[0] in required and "cuda" not in spec)
+    return spec in required or (split_spec(spec)[0] in required and "cuda" not in spec)
 
 
 def _resolve_or_skip(spec):
-    name, device = parse_spec(spec)
+    name, device = split_spec(spec)
     try:
         return resolve(name, device)
     except BackendError as exc:

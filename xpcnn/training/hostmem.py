@@ -31,7 +31,8 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = 32 <<
     environment variable (theirs wins)."""
     for name, value in (("trim_threshold", trim_threshold), ("mmap_threshold", mmap_threshold)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2 ** 31:
-            raise ValueError(f"keep_freed_memory: {name} must be an integer in [1, 2**31) bytes (a C int), got {value!r}")
+            raise ValueError(f"keep_freed_memory: {name} must be an integer in [1, 2**31) bytes (a C int), "
+                             f"got {value!r}")
     chosen = [name for name in _ENVIRONMENT if name in os.environ]
     if chosen:
         return f"left to the environment ({', '.join(chosen)})"

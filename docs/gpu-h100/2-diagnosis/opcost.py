@@ -3,7 +3,7 @@ import sys, time, statistics
 import numpy as np
 import array_api_compat
 sys.path.insert(0, ".")
-from xpcnn.backends import resolve, parse_spec, synchronize
+from xpcnn.backends import resolve, split_spec, synchronize
 
 def cost(backend, name, fn, n=400):
     for _ in range(20):
@@ -19,7 +19,7 @@ def cost(backend, name, fn, n=400):
     return statistics.median(runs)
 
 for spec in sys.argv[1:]:
-    b = resolve(*parse_spec(spec)); xp = b.xp
+    b = resolve(*split_spec(spec)); xp = b.xp
     raw = {"cupy": "cupy", "torch": "torch"}.get(b.name)
     raw = __import__(raw) if raw else None
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Run under mpiexec by tests/test_distributed.py: the library's data-parallel step driven directly
+"""Run under mpiexec by tests/distributed/test_distributed.py: the library's data-parallel step driven directly
 (not through train.py), for the failures a command line cannot provoke.
 
     python distributed_driver.py raise DATA     rank 1 raises at the end of epoch 1 (the job must abort)
@@ -15,12 +15,12 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from xpcnn import data  # noqa: E402
 from xpcnn.backends import resolve  # noqa: E402
-from xpcnn.training import Config, Lambda, Trainer, build_model  # noqa: E402
 from xpcnn.distributed import DataParallelStep, RankMismatch, run_job  # noqa: E402
+from xpcnn.training import Config, Lambda, Trainer, build_model  # noqa: E402
 
 
 def main(job, mode: str, path: str, out: str | None = None) -> int:

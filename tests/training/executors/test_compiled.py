@@ -1,16 +1,17 @@
-"""xpcnn.training.executors.compiled: the compiled step equals the eager step (lr changes, momentum, Adam),
-resumes bitwise, reads nothing back from the device, and plugs into the Trainer and the CLI."""
+"""xpcnn.training.executors' compiled steps (jax_jit.py, cuda_graph.py): the compiled step equals the
+eager step (lr changes, momentum, Adam), resumes bitwise, reads nothing back from the device, and plugs into the Trainer and the CLI."""
 
 import dataclasses
 
 import numpy as np
 import pytest
+from graph_stand_in import EagerGraphStandIn
 from helpers import interrupt_and_resume, refuse_host_reads
 
 from xpcnn import data, resolve
 from xpcnn.backends import BackendError
 from xpcnn.training import PRESETS, Trainer
-from xpcnn.training.executors.compiled import EagerGraphStandIn, JaxJitStep, TorchGraphStep, compiled_executor
+from xpcnn.training.executors import JaxJitStep, TorchGraphStep, compiled_executor
 
 TRAIN = data.load_embedded().train.take(230)  # 50-image batches: four full ones and a partial one of 30
 

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 
 import xpcnn
-from xpcnn.backends import BackendError, device_name, parse_spec, resolve
+from xpcnn.backends import ADAPTERS, BACKENDS, BackendError, device_name, resolve, split_spec
 
 PACKAGE = pathlib.Path(xpcnn.__file__).parent
 
 
-def test_parse_spec():
-    assert parse_spec("torch:cuda:1") == ("torch", "cuda:1")
-    assert parse_spec("numpy") == ("numpy", None)
-    assert parse_spec("array_api_strict:device1") == ("array_api_strict", "device1")
+def test_split_spec():
+    assert split_spec("torch:cuda:1") == ("torch", "cuda:1")
+    assert split_spec("numpy") == ("numpy", None)
+    assert split_spec("array_api_strict:device1") == ("array_api_strict", "device1")
 
 
 @pytest.mark.parametrize("name,device,message", [
@@ -70,3 +70,37 @@ def test_only_standard_array_calls_in_package():
     forbidden = re.compile(r"\beinsum\(|as_strided|add\.at\(|sliding_window_view|np\.random\.seed")
     for path in PACKAGE.rglob("*.py"):
         assert not forbidden.search(path.read_text()), path
+
+
+LIBRARY = "|".join(re.escape(name) for name in BACKENDS)
+NAME_COMPARISON = re.compile(
+    rf"""(?:==|!=)\s*["'](?:{LIBRARY})["']"""  # backend.name == "jax"
+    rf"""|["'](?:{LIBRARY})["']\s*(?:==|!=)"""  # "cupy" != name
+    rf"""|\bin\s*[(\[{{][^)\]}}\n]*["'](?:{LIBRARY})["']""")  # name in ("cupy", "torch")
+
+
+def test_the_name_check_catches_what_it_is_for():
+    for line in ('if backend.name == "jax":', "return backend.name != 'torch'", 'if "cupy" == name:',
+                 'name not in ("cupy", "torch")', 'default_backend_name(device) == "cupy"'):
+        assert NAME_COMPARISON.search(line), line
+    for line in ('resolve("numpy")', 'if "numpy" in specs:', "backend.label == other.label"):
+        assert not NAME_COMPARISON.search(line), line
+
+
+def test_no_code_outside_backends_compares_a_backend_name_to_a_library():
+    """A library's quirks belong to its adapter (xpcnn/backends/<library>.py): code elsewhere asks
+    the adapter (``backend.adapter.compiled_executor``, ``nccl_device``, ``wants_gpu``...) instead of
+    branching on ``backend.name``, so that a new backend is one module and one registration line."""
+    checked = 0
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "backends" and path.parent.parent == PACKAGE:
+            continue
+        checked += 1
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not NAME_COMPARISON.search(line), f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+    assert checked > 20
+
+
+def test_every_backend_has_its_adapter_registered():
+    assert BACKENDS == ("numpy", "cupy", "torch", "jax", "array_api_strict")
+    assert all(ADAPTERS[name].name == name for name in BACKENDS)

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from xpcnn import data
-from xpcnn.backends import to_numpy
-from xpcnn.nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
+from xpcnn.backends import limit_blas_threads, to_numpy
+from xpcnn.nn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
 from xpcnn.nn.losses import MSELoss, SoftmaxCrossEntropyLoss
 from xpcnn.nn.sequential import Sequential
-from xpcnn.backends import limit_blas_threads
 from xpcnn.optim import SGD
 from xpcnn.training import PRESETS, SplitStep, StepExecutor, Trainer, WholeBatchStep, make_executor
 

@@ -27,9 +27,9 @@ from xpcnn import data
 from xpcnn.cli import train_main
 from xpcnn.training.snapshot import read as read_checkpoint
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")
-DRIVER = os.path.join(ROOT, "tests", "distributed_driver.py")
+DRIVER = os.path.join(ROOT, "tests", "distributed", "distributed_driver.py")
 
 
 def find_mpiexec():
