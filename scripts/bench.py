@@ -51,7 +51,7 @@ import benchmark_ranks  # noqa: E402
 from xpcnn.backends import available  # noqa: E402
 from benchmark import SPECS, machine, run, scale_check  # noqa: E402
 from xpcnn.io.files import check_writable_file, write_json  # noqa: E402
-from xpcnn.nn.layers import Conv2D  # noqa: E402
+from xpcnn.nn.conv import Conv2D  # noqa: E402
 from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
 
 def print_table(result: dict) -> None:

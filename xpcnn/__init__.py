@@ -1,10 +1,10 @@
 """xpcnn: a convolutional neural network from scratch on the Python array API."""
 
 from xpcnn.backends import Backend, BackendError, resolve, to_numpy, from_numpy, transfer, available
-from xpcnn.nn.layers import Conv2D, Dense, Sigmoid, Tanh, ReLU, Flatten, MaxPool2D, AvgPool2D
-from xpcnn.nn.sequential import Sequential, StateDictError
-from xpcnn.nn.regularization import BatchNorm1D, BatchNorm2D, Dropout
-from xpcnn.nn.losses import MSELoss, BCELoss, SoftmaxCrossEntropyLoss
+from xpcnn.nn import Conv2D, Dense, Sigmoid, Tanh, ReLU, Flatten, MaxPool2D, AvgPool2D
+from xpcnn.nn import Sequential, StateDictError
+from xpcnn.nn import BatchNorm1D, BatchNorm2D, Dropout
+from xpcnn.nn import MSELoss, BCELoss, SoftmaxCrossEntropyLoss
 from xpcnn.optim import SGD, Adam, AdamW
 from xpcnn.tools.gradcheck import check_gradients, assert_gradients_ok
 from xpcnn import data, training

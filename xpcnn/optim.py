@@ -23,19 +23,20 @@ parameters, and are never touched), as in PyTorch when it is given ``model.param
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from typing import Any
 
-from xpcnn.backends import namespace, to_numpy, transfer, backend_of
+from xpcnn.backends import backend_of, namespace, to_numpy, transfer
+from xpcnn.nn.validate import is_number, number, within
 
 
 class Optimizer:
     SLOTS: tuple = ()  # the names of the per-parameter state arrays
 
-    def __init__(self, lr: float, weight_decay: float = 0.0, decay_filter=None):
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    def __init__(self, lr: float, weight_decay: float = 0.0, decay_filter: Callable[[str], bool] | None = None):
+        if not (is_number(lr) and lr > 0):
             raise ValueError(f"{type(self).__name__}: learning rate must be a positive number, got {lr!r}")
-        if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
-                                                  and weight_decay >= 0):
+        if not (is_number(weight_decay) and weight_decay >= 0):
             raise ValueError(f"{type(self).__name__}: weight_decay must be a number >= 0, got {weight_decay!r}")
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
@@ -43,18 +44,22 @@ class Optimizer:
         self.state: dict[str, dict] = {}
         self.steps = 0
 
+    def slots(self) -> tuple[str, ...]:
+        """The names of the state arrays this optimizer keeps for each parameter once it has stepped."""
+        return self.SLOTS
+
     def decays(self, name: str) -> bool:
         """Whether parameter ``name`` gets weight decay (all do, unless ``decay_filter`` says not)."""
         return self.weight_decay != 0.0 and (self.decay_filter is None or bool(self.decay_filter(name)))
 
-    def update_named(self, name: str, param, grad, slots: dict, scalars: dict):
+    def update_named(self, name: str, param: Any, grad: Any, slots: dict, scalars: dict) -> tuple[Any, dict]:
         """:meth:`update` for parameter ``name`` (``decay_filter`` decides its weight decay): what
         ``step`` and the compiled executors call."""
         if self.weight_decay and not self.decays(name):
             scalars = {**scalars, "no_decay": True}  # a Python constant, also inside a trace
         return self.update(param, grad, slots, scalars)
 
-    def step(self, model) -> None:
+    def step(self, model: Any) -> None:
         self.steps += 1
         scalars = self.scalars()
         params = dict(model.named_parameters())
@@ -77,7 +82,7 @@ class Optimizer:
             return grad + self.weight_decay * param
         return grad
 
-    def update(self, param, grad, slots: dict, scalars: dict):
+    def update(self, param: Any, grad: Any, slots: dict, scalars: dict) -> tuple[Any, dict]:
         """(new parameter, new slots) from the old ones: pure, no state changed."""
         raise NotImplementedError
 
@@ -89,7 +94,7 @@ class Optimizer:
                 flat[f"{name}/{slot}"] = to_numpy(value).copy()
         return flat
 
-    def load_state_dict(self, flat: dict, like_model) -> None:
+    def load_state_dict(self, flat: dict, like_model: Any) -> None:
         """Load state saved by :meth:`state_dict`, moved to ``like_model``'s backend."""
         params = dict(like_model.named_parameters())
         state: dict[str, dict] = {}
@@ -117,13 +122,16 @@ class SGD(Optimizer):
 
     SLOTS = ("velocity",)
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0, decay_filter=None):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                 decay_filter: Callable[[str], bool] | None = None):
         super().__init__(lr, weight_decay, decay_filter)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = within(number(momentum, "momentum", "SGD"), "momentum", "SGD", 0, 1, high_open=True)
 
-    def update(self, param, grad, slots, scalars):
+    def slots(self) -> tuple[str, ...]:
+        """The velocity with momentum; nothing without."""
+        return self.SLOTS if self.momentum else ()
+
+    def update(self, param: Any, grad: Any, slots: dict, scalars: dict) -> tuple[Any, dict]:
         lr = scalars["lr"]
         grad = self._l2(param, grad, scalars)
         if self.momentum == 0.0:
@@ -139,24 +147,25 @@ class Adam(Optimizer):
 
     SLOTS = ("m", "v")
 
-    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 decay_filter=None):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decay_filter: Callable[[str], bool] | None = None):
         super().__init__(lr, weight_decay, decay_filter)
         self.beta1, self.beta2 = map(float, betas)
         self.eps = float(eps)
 
-    def scalars(self):
+    def scalars(self) -> dict:
         """lr and the bias corrections 1 - b1^t, 1 - b2^t of step t (host floats)."""
         return {**super().scalars(), "bias1": 1 - self.beta1 ** self.steps, "bias2": 1 - self.beta2 ** self.steps}
 
-    def update(self, param, grad, slots, scalars):
+    def update(self, param: Any, grad: Any, slots: dict, scalars: dict) -> tuple[Any, dict]:
         grad = self._l2(param, grad, scalars)
         return self._adam(param, grad, slots, scalars)
 
     def _adam(self, param, grad, slots, scalars):
         xp = namespace(param, grad)
         m = (1 - self.beta1) * grad if "m" not in slots else self.beta1 * slots["m"] + (1 - self.beta1) * grad
-        v = (1 - self.beta2) * grad * grad if "v" not in slots else self.beta2 * slots["v"] + (1 - self.beta2) * grad * grad
+        v = ((1 - self.beta2) * grad * grad if "v" not in slots
+             else self.beta2 * slots["v"] + (1 - self.beta2) * grad * grad)
         m_hat = m / scalars["bias1"]
         v_hat = v / scalars["bias2"]
         return param - scalars["lr"] * m_hat / (xp.sqrt(v_hat) + self.eps), {"m": m, "v": v}
@@ -166,16 +175,16 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter; ``torch.optim.AdamW``):
     old * (1 - lr * wd), then Adam's update with the plain gradient.  Default wd 0.01, as PyTorch's."""
 
-    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
-                 decay_filter=None):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, decay_filter: Callable[[str], bool] | None = None):
         super().__init__(lr, betas, eps, weight_decay, decay_filter)
 
-    def scalars(self):
+    def scalars(self) -> dict:
         """Adam's scalars and ``decay`` = 1 - lr * wd (a host float: the compiled step takes it as an input)."""
         scalars = super().scalars()
         return {**scalars, "decay": 1 - scalars["lr"] * self.weight_decay}
 
-    def update(self, param, grad, slots, scalars):
+    def update(self, param: Any, grad: Any, slots: dict, scalars: dict) -> tuple[Any, dict]:
         if self.weight_decay and not scalars.get("no_decay", False):
             param = param * scalars["decay"]
         return self._adam(param, grad, slots, scalars)

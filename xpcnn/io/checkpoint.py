@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 
 from xpcnn.io.files import atomic_write
 
 FORMAT = "xpcnn-checkpoint-2"
-LEGACY_FORMATS = ("xpcnn-checkpoint-1",)  # round 1: no digest; its fields are checked all the same
+LEGACY_FORMATS = ("xpcnn-checkpoint-1",)  # the first format: no digest; its fields are checked all the same
 
 
 class CheckpointError(ValueError):
@@ -38,22 +39,27 @@ def digest(meta: dict, arrays: dict) -> str:
     return h.hexdigest()
 
 
-def _short(value) -> str:
-    text = repr(value)
+def short_repr(value: object) -> str:
+    """A value read from a file, as a one-line message shows it: JSON as the file holds it (a string
+    quoted as Python quotes it; a value JSON cannot write, as Python writes it), cut to 60 characters."""
+    try:
+        text = repr(value) if isinstance(value, str) else json.dumps(value)
+    except (TypeError, ValueError, RecursionError):  # not JSON: a value made in Python, not read
+        text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def save(path, model_state: dict, optimizer_state: dict, meta: dict) -> None:
+def save(path: str | os.PathLike, model_state: dict, optimizer_state: dict, meta: dict) -> None:
     arrays = {f"param/{k}": np.asarray(v) for k, v in model_state.items()}
     arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer_state.items() if k != "steps"})
     meta = dict(meta, format=FORMAT, optimizer_steps=int(optimizer_state.get("steps", 0)))
     meta["digest"] = digest(meta, arrays)
     arrays["meta"] = np.array(json.dumps(meta))
     with atomic_write(path) as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # NumPy stubs: a name could be allow_pickle
 
 
-def load(path) -> tuple[dict, dict, dict]:
+def load(path: str | os.PathLike) -> tuple[dict, dict, dict]:
     """``(model_state, optimizer_state, meta)`` of a checkpoint whose container is sound (module
     docstring); raises :class:`CheckpointError`."""
     try:
@@ -73,7 +79,8 @@ def load(path) -> tuple[dict, dict, dict]:
         raise CheckpointError(f"{path}: not an xpcnn checkpoint (no meta record)")
     raw = arrays.pop("meta")
     if raw.shape != () or raw.dtype.kind != "U":
-        raise CheckpointError(f"{path}: meta record must be one JSON string, got a {raw.dtype} array of shape {raw.shape}")
+        raise CheckpointError(f"{path}: meta record must be one JSON string, got a {raw.dtype} array of shape "
+                              f"{raw.shape}")
     try:
         meta = json.loads(str(raw))
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
@@ -85,7 +92,7 @@ def load(path) -> tuple[dict, dict, dict]:
             raise CheckpointError(f"{path}: digest does not match its contents: the file was changed or damaged "
                                   "after it was written")
     elif meta.get("format") not in LEGACY_FORMATS:
-        raise CheckpointError(f"{path}: unknown checkpoint format {_short(meta.get('format'))}, expected {FORMAT}")
+        raise CheckpointError(f"{path}: unknown checkpoint format {short_repr(meta.get('format'))}, expected {FORMAT}")
     elif "digest" in meta:  # a newer file relabelled to skip the digest
         raise CheckpointError(f"{path}: digest in a {meta['format']} checkpoint, a format that has none: the "
                               "file was changed after it was written")

@@ -1,7 +1,7 @@
 """im2col and col2im: a convolution (or a pooling) as matrix products over input patches.
 
 For a padded input x of shape (N, C, H, W) and a kh x kw kernel moved by ``stride``, the output has
-out_h x out_w positions, (n + 2p - f) // stride + 1 per axis (:func:`_output_size`).  The patch
+out_h x out_w positions, (n + 2p - f) // stride + 1 per axis (:func:`output_size`).  The patch
 under output position (r, s) is x[n, c, r*stride + i, s*stride + j] for the kernel offsets
 0 <= i < kh, 0 <= j < kw, and the layouts here put those numbers side by side:
 
@@ -35,12 +35,12 @@ import array_api_extra as xpx
 from array_api_compat import device as device_of
 
 
-def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     """(n + 2p - f) // s + 1, the article's n - f + 1 when s = 1 and p = 0."""
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _window(i: int, j: int, stride: int, out_h: int, out_w: int):
+def window(i: int, j: int, stride: int, out_h: int, out_w: int):
     """The strided slice of a padded input that kernel offset (i, j) sees."""
     return (slice(None), slice(None),
             slice(i, i + stride * (out_h - 1) + 1, stride),
@@ -124,6 +124,6 @@ def add_windows(xp, parts, padded_shape, kh: int, kw: int, stride: int):
     overlap = stride < kh or stride < kw
     grad = xp.zeros(padded_shape, dtype=parts[0].dtype, device=device_of(parts[0]))
     for k, part in enumerate(parts):
-        at = xpx.at(grad)[_window(*divmod(k, kw), stride, out_h, out_w)]
+        at = xpx.at(grad)[window(*divmod(k, kw), stride, out_h, out_w)]
         grad = at.add(part, xp=xp) if overlap else at.set(part, xp=xp)
     return grad

@@ -1,5 +1,5 @@
 """Weight initialisers.  They run on the host with ``numpy.random.Generator`` and
-return float64 NumPy arrays; :meth:`xpcnn.nn.layers.Layer.to` then moves them to a
+return float64 NumPy arrays; :meth:`xpcnn.nn.base.Layer.to` then moves them to a
 backend.  That way every backend starts from bit-identical weights."""
 
 from __future__ import annotations
@@ -33,10 +33,21 @@ def make_bias(rng: np.random.Generator, size: int, scheme: str) -> np.ndarray:
     """The article draws its bias from U[0, 1) too; the other schemes start at zero."""
     if scheme == "uniform":
         return rng.random(size)
+    return zeros(size)
+
+
+def ones(size: int) -> np.ndarray:
+    """A vector of ones (BatchNorm's gamma and running variance)."""
+    return np.ones(size)
+
+
+def zeros(size: int) -> np.ndarray:
+    """A vector of zeros (BatchNorm's beta and running mean)."""
     return np.zeros(size)
 
 
-def as_generator(seed_or_rng) -> np.random.Generator:
+def as_generator(seed_or_rng: int | np.random.Generator | None) -> np.random.Generator:
+    """The generator itself, or a new one seeded with ``seed_or_rng``."""
     if isinstance(seed_or_rng, np.random.Generator):
         return seed_or_rng
     return np.random.default_rng(seed_or_rng)

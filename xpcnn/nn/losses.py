@@ -12,7 +12,8 @@ def _check_pair(xp, output, target, name: str):
     if not xp.isdtype(output.dtype, "real floating"):
         raise TypeError(f"{name}: expected floating-point outputs, got dtype {output.dtype}")
     if tuple(target.shape) != tuple(output.shape):
-        raise ValueError(f"{name}: target shape {tuple(target.shape)} does not match output shape {tuple(output.shape)}")
+        raise ValueError(f"{name}: target shape {tuple(target.shape)} does not match output shape "
+                         f"{tuple(output.shape)}")
 
 
 class MSELoss:
@@ -67,7 +68,8 @@ class SoftmaxCrossEntropyLoss:
     def forward(self, logits, labels):
         xp = namespace(logits, labels, where="SoftmaxCrossEntropyLoss.forward")
         if logits.ndim != 2:
-            raise ValueError(f"SoftmaxCrossEntropyLoss: expected logits of shape (N, classes), got {tuple(logits.shape)}")
+            raise ValueError(f"SoftmaxCrossEntropyLoss: expected logits of shape (N, classes), "
+                             f"got {tuple(logits.shape)}")
         if not xp.isdtype(logits.dtype, "real floating"):
             raise TypeError(f"SoftmaxCrossEntropyLoss: expected floating-point logits, got dtype {logits.dtype}")
         n, classes = logits.shape

@@ -4,10 +4,14 @@ between backends."""
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
-from xpcnn.backends import Backend, backend_of, dtype_name, resolve, to_numpy, transfer
-from xpcnn.nn.layers import LAYER_TYPES, Layer
-from xpcnn.nn import regularization  # noqa: F401,E402  (adds Dropout, BatchNorm1D/2D to LAYER_TYPES)
+from xpcnn.backends import DTYPES, Backend, backend_of, dtype_name, resolve, to_numpy, transfer
+from xpcnn.io import checkpoint
+from xpcnn.io.checkpoint import short_repr
+from xpcnn.nn.base import Layer, UnknownLayerError, build_layer, layer_class, state_shapes
 
 
 class StateDictError(ValueError):
@@ -22,12 +26,12 @@ class Sequential(Layer):
         super().__init__()
         self.layers = list(layers)
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_out, input_grad: bool = True):
+    def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
         """Backpropagate through every layer.  With ``input_grad=False`` (training) the
         first layer skips dE/dX, which nothing uses, and None is returned."""
         for layer in reversed(self.layers[1:]):
@@ -35,17 +39,18 @@ class Sequential(Layer):
         return self.layers[0].backward(grad_out, input_grad=input_grad)
 
     @contextlib.contextmanager
-    def inference(self):
-        """``with model.inference(): model(x)`` -- forward passes that keep nothing for a
-        backward pass (prediction, evaluation): no activations held after the call."""
-        previous = [layer.saving for layer in self.layers]
+    def inference(self) -> Iterator[Sequential]:
+        """``with model.inference(): model(x)`` -- inference forward passes (prediction,
+        evaluation): every layer's ``training`` flag off, so that they keep nothing for a backward
+        pass and Dropout and BatchNorm behave as in inference; the flags come back afterwards."""
+        previous = [layer.training for layer in self.layers]
         try:
             for layer in self.layers:
-                layer.saving = False
+                layer.training = False
             yield self
         finally:
-            for layer, saving in zip(self.layers, previous):
-                layer.saving = saving
+            for layer, training in zip(self.layers, previous):
+                layer.training = training
 
     def infer_shape(self, shape: tuple) -> tuple:
         """Propagate a per-example input shape through every layer, e.g. (1, 28, 28) -> (10,).
@@ -58,12 +63,12 @@ class Sequential(Layer):
         return tuple(shape)
 
     # -- parameters -------------------------------------------------------
-    def named_parameters(self):
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
         for index, layer in enumerate(self.layers):
             for name, value in layer.params.items():
                 yield f"{index}.{name}", value
 
-    def named_gradients(self):
+    def named_gradients(self) -> Iterator[tuple[str, Any]]:
         for index, layer in enumerate(self.layers):
             for name, value in layer.grads.items():
                 yield f"{index}.{name}", value
@@ -72,20 +77,20 @@ class Sequential(Layer):
         index, _, name = qualified.partition(".")
         return self.layers[int(index)], name
 
-    def set_parameter(self, qualified: str, value) -> None:
+    def set_parameter(self, qualified: str, value: Any) -> None:
         layer, name = self._owner(qualified)
         layer.set_parameter(name, value)
 
-    # -- buffers and noise (xpcnn.nn.regularization) ----------------------------------
-    def named_buffers(self):
+    # -- buffers and noise (xpcnn.nn.batchnorm, xpcnn.nn.dropout) ----------------------------
+    def named_buffers(self) -> Iterator[tuple[str, Any]]:
         """(name, array) pairs of the layers' buffers -- state that is not a parameter, such as
         BatchNorm's running statistics (``"3.running_mean"``): in :meth:`state_dict`, no gradient,
-        no optimizer.  A layer has buffers when it has a ``buffers`` dict."""
+        no optimizer."""
         for index, layer in enumerate(self.layers):
-            for name, value in getattr(layer, "buffers", {}).items():
+            for name, value in layer.buffers.items():
                 yield f"{index}.{name}", value
 
-    def set_buffer(self, qualified: str, value) -> None:
+    def set_buffer(self, qualified: str, value: Any) -> None:
         """Replace (never mutate) one buffer."""
         layer, name = self._owner(qualified)
         layer.set_buffer(name, value)
@@ -96,10 +101,9 @@ class Sequential(Layer):
         (the shapes come from shape inference), in layer order; {} when none does."""
         shapes, shape = {}, tuple(input_shape)
         for index, layer in enumerate(self.layers):
-            wants = getattr(layer, "noise_shape", None)
-            if wants is not None:
+            if layer.TAKES_NOISE:
                 layer.where = f"layer {index}"
-                per_example = wants(shape)
+                per_example = layer.noise_shape(shape)
                 if per_example is not None:
                     shapes[f"{index}.noise"] = (batch, *per_example)
             try:
@@ -115,14 +119,14 @@ class Sequential(Layer):
         for qualified, value in noise.items():
             index, _, name = qualified.partition(".")
             layer = self.layers[int(index)] if index.isdigit() and int(index) < len(self.layers) else None
-            if name != "noise" or not hasattr(layer, "set_noise"):
+            if name != "noise" or layer is None or not layer.TAKES_NOISE:
                 raise ValueError(f"set_noise: {qualified!r} names no layer that takes noise "
                                  f"(those that do: {', '.join(self._noise_names()) or 'none'})")
             layer.where = f"layer {index}"
             layer.set_noise(value)
 
     def _noise_names(self) -> list[str]:
-        return [f"{index}.noise" for index, layer in enumerate(self.layers) if hasattr(layer, "set_noise")]
+        return [f"{index}.noise" for index, layer in enumerate(self.layers) if layer.TAKES_NOISE]
 
     @property
     def params(self):
@@ -141,6 +145,14 @@ class Sequential(Layer):
         pass
 
     @property
+    def buffers(self):
+        return dict(self.named_buffers())
+
+    @buffers.setter
+    def buffers(self, value):
+        pass
+
+    @property
     def backend(self) -> Backend:
         first = next(self.named_parameters(), None)
         return backend_of(first[1]) if first else resolve("numpy")
@@ -150,7 +162,7 @@ class Sequential(Layer):
         first = next(self.named_parameters(), None)
         return dtype_name(first[1]) if first else "float64"
 
-    def to(self, backend, device=None, dtype: str | None = None):
+    def to(self, backend: Backend | str, device: str | None = None, dtype: str | None = None) -> Sequential:
         if not isinstance(backend, Backend):
             backend = resolve(backend, device)
         for layer in self.layers:
@@ -158,22 +170,13 @@ class Sequential(Layer):
         return self
 
     # -- architecture and state ----------------------------------------------
-    def config(self) -> list[dict]:
+    def config(self) -> list[dict]:  # type: ignore[override]  # one record per layer
         return [{"type": layer.name, **layer.config()} for layer in self.layers]
 
     @classmethod
-    def from_config(cls, config: list[dict]) -> "Sequential":
-        layers = []
-        for entry in config:
-            entry = dict(entry)
-            kind = entry.pop("type")
-            if kind not in LAYER_TYPES:
-                raise ValueError(f"unknown layer type {kind!r} in architecture")
-            for key in ("kernel_size",):
-                if isinstance(entry.get(key), list):
-                    entry[key] = tuple(entry[key])
-            layers.append(LAYER_TYPES[kind](**entry))
-        return cls(*layers)
+    def from_config(cls, config: list[dict]) -> Sequential:
+        """The model :meth:`config` describes (each layer by :func:`~xpcnn.nn.base.build_layer`)."""
+        return cls(*(build_layer(record) for record in config))
 
     def state_dict(self) -> dict:
         """Parameters and buffers as host NumPy arrays under their stable names."""
@@ -201,71 +204,40 @@ class Sequential(Layer):
         for name, value in moved.items():
             (self.set_buffer if name in buffers else self.set_parameter)(name, value)
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write architecture, dtype and parameters to one ``.npz``, atomically."""
-        from xpcnn.io import checkpoint
-
         checkpoint.save(path, self.state_dict(), {}, {"architecture": self.config(), "dtype": self.dtype})
 
     @classmethod
-    def load(cls, path, backend="numpy", device=None) -> "Sequential":
+    def load(cls, path: str | os.PathLike, backend: Backend | str = "numpy", device: str | None = None) -> Sequential:
         """Rebuild a model saved by :meth:`save` (or a training checkpoint) on ``backend``.
 
         The file is untrusted input: its architecture must be a non-empty list of known layers
         whose arguments build, its dtype float32 or float64, and each layer's parameter shapes --
-        worked out from the layer's arguments before it is built, so that an edited size allocates
-        nothing -- those of the arrays in the file.  Any problem is a
+        worked out from the layer's arguments before it is built (:meth:`Layer.state_shapes`), so
+        that an edited size allocates nothing -- those of the arrays in the file.  Any problem is a
         :class:`~xpcnn.io.checkpoint.CheckpointError` naming the file (and the layer's index)."""
-        import inspect
 
-        from xpcnn.io import checkpoint
-        from xpcnn.backends import DTYPES
-        from xpcnn.nn.layers import _pair, _size
-
-        def fail(problem: str):
+        def fail(problem: str) -> NoReturn:
             raise checkpoint.CheckpointError(f"{path}: {problem}")
-
-        def short(value) -> str:
-            text = repr(value)
-            return text if len(text) <= 60 else text[:57] + "..."
-
-        def parameter_shapes(kind: str, args: dict) -> dict:
-            """The shapes a layer's constructor would give its parameters (checked as it checks them)."""
-            bound = inspect.signature(LAYER_TYPES[kind]).bind(**args)  # TypeError: missing or unknown
-            bound.apply_defaults()
-            a = bound.arguments
-            if kind == "Conv2D":
-                out = _size(a["out_channels"], "out_channels", kind, 1)
-                shape = (out, _size(a["in_channels"], "in_channels", kind, 1),
-                         *_pair(a["kernel_size"], "kernel_size", kind, 1))
-            elif kind == "Dense":
-                out = _size(a["out_features"], "out_features", kind, 1)
-                shape = (_size(a["in_features"], "in_features", kind, 1), out)
-            elif kind in ("BatchNorm2D", "BatchNorm1D"):  # parameters and buffers, one per feature
-                size = (_size(a["channels" if kind == "BatchNorm2D" else "features"], "size", kind, 1),)
-                return {"weight": size, "bias": size, "running_mean": size, "running_var": size}
-            else:
-                return {}
-            return {"weight": shape, **({"bias": (out,)} if a["bias"] else {})}
 
         state, _, meta = checkpoint.load(path)
         dtype, architecture = meta.get("dtype"), meta.get("architecture")
         if dtype not in DTYPES:
-            fail(f"dtype must be float32 or float64, got {short(dtype)}")
+            fail(f"dtype must be float32 or float64, got {short_repr(dtype)}")
         if not isinstance(architecture, list) or not architecture:
-            fail(f"architecture must be a non-empty list of layer records, got {short(architecture)}")
+            fail(f"architecture must be a non-empty list of layer records, got {short_repr(architecture)}")
         layers = []
-        for index, entry in enumerate(architecture):
+        for index, record in enumerate(architecture):
             where = f"architecture[{index}]"
-            if not isinstance(entry, dict):
-                fail(f"{where} must be a layer record (an object with a type), got {short(entry)}")
-            kind = entry.get("type")
-            if not isinstance(kind, str) or kind not in LAYER_TYPES:
-                fail(f"{where} has unknown layer type {short(kind)} (known: {', '.join(LAYER_TYPES)})")
-            args = {k: tuple(v) if k == "kernel_size" and isinstance(v, list) else v
-                    for k, v in entry.items() if k != "type"}
+            if not isinstance(record, dict):
+                fail(f"{where} must be a layer record (an object with a type), got {short_repr(record)}")
             try:
-                shapes = parameter_shapes(kind, args)
+                kind = layer_class(record).__name__
+            except UnknownLayerError as exc:
+                fail(f"{where} has {exc}")
+            try:
+                shapes = state_shapes(record)
             except (TypeError, ValueError, KeyError) as exc:
                 fail(f"{where} ({kind}) does not build ({exc})")
             for name, shape in shapes.items():
@@ -274,7 +246,7 @@ class Sequential(Layer):
                     fail(f"{where} ({kind}) needs parameter {index}.{name} of shape {shape}, the file has "
                          + ("none" if array is None else f"shape {tuple(array.shape)}"))
             try:
-                layers.append(LAYER_TYPES[kind](**args))
+                layers.append(build_layer(record))
             except (TypeError, ValueError, KeyError) as exc:
                 fail(f"{where} ({kind}) does not build ({exc})")
         model = cls(*layers).to("numpy", dtype=dtype)
@@ -284,6 +256,6 @@ class Sequential(Layer):
             fail(f"parameters do not fit the architecture ({exc})")
         return model.to(backend, device)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from xpcnn.nn.losses import LOSSES
-from xpcnn.nn.sequential import Sequential
+from xpcnn.nn.losses import LOSSES, BCELoss, MSELoss, SoftmaxCrossEntropyLoss
 from xpcnn.nn.presets import preset_network
-from xpcnn.optim import SGD, Adam, AdamW
+from xpcnn.nn.sequential import Sequential
+from xpcnn.optim import SGD, Adam, AdamW, Optimizer
 from xpcnn.training.config import Config
 
 
@@ -15,11 +15,11 @@ def build_model(config: Config) -> Sequential:
     return preset_network(config.preset, config.outputs, config.init, config.seed, config.image_shape, config.model)
 
 
-def build_loss(config: Config):
+def build_loss(config: Config) -> MSELoss | BCELoss | SoftmaxCrossEntropyLoss:
     return LOSSES[config.loss]()
 
 
-def build_optimizer(config: Config):
+def build_optimizer(config: Config) -> Optimizer:
     """sgd, momentum, adam (weight decay as L2) or adamw (decoupled), with the config's weight decay
     on every parameter."""
     decay = config.weight_decay

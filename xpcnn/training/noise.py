@@ -38,7 +38,7 @@ def draw_noise(shapes: dict, seed_sequence, dtype: str = "float64") -> dict:
 
 
 def needs_noise(model) -> bool:
-    return any(getattr(layer, "noise_shape", None) is not None for layer in getattr(model, "layers", ()))
+    return any(layer.TAKES_NOISE for layer in getattr(model, "layers", ()))
 
 
 def step_noise(model, images: np.ndarray, seed: int, epoch: int, step: int, dtype: str) -> dict | None:

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xpcnn.io import checkpoint as ckpt
 from xpcnn.backends import DTYPES
 from xpcnn.data import MAX_CLASS_NAME, DataError, check_normalize
+from xpcnn.io import checkpoint as ckpt
+from xpcnn.io.checkpoint import short_repr
 from xpcnn.nn.sequential import Sequential
-from xpcnn.training.builders import build_model
+from xpcnn.training.builders import build_model, build_optimizer
 from xpcnn.training.config import Config, ConfigError
 
 HISTORY_KEYS = ("epoch", "loss", "val_loss", "val_accuracy", "images_per_s", "seconds")
-OPTIMIZER_SLOTS = {"sgd": (), "momentum": ("velocity",), "adam": ("m", "v"), "adamw": ("m", "v")}
 
 
 @dataclass
@@ -83,7 +83,7 @@ class _Fields:
 
     def integer(self, field: str, value, minimum: int = 0, maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(field, f"must be an integer, got {_short(value)}")
+            self.fail(field, f"must be an integer, got {short_repr(value)}")
         if value < minimum or (maximum is not None and value > maximum):
             self.fail(field, f"must lie in [{minimum}, {maximum if maximum is not None else 'inf'}], got {value}")
         return value
@@ -93,11 +93,11 @@ class _Fields:
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(field, f"must be a number, got {_short(value)}")
+            self.fail(field, f"must be a number, got {short_repr(value)}")
         try:
             value = float(value)
         except OverflowError:  # an integer beyond any float
-            self.fail(field, f"must be a number within the float range, got {_short(value)}")
+            self.fail(field, f"must be a number within the float range, got {short_repr(value)}")
         if finite and not math.isfinite(value):
             self.fail(field, f"must be finite, got {value}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
@@ -106,7 +106,7 @@ class _Fields:
 
     def rng_state(self, field: str, value) -> dict:
         if not isinstance(value, dict) or value.get("bit_generator") != "PCG64":
-            self.fail(field, f"must be the state of a PCG64 generator, got {_short(value)}")
+            self.fail(field, f"must be the state of a PCG64 generator, got {short_repr(value)}")
         inner = value.get("state")
         if (not isinstance(inner, dict) or set(inner) != {"state", "inc"}
                 or not all(isinstance(inner[k], int) and not isinstance(inner[k], bool) and 0 <= inner[k] < 2 ** 128
@@ -123,11 +123,6 @@ class _Fields:
         return value
 
 
-def _short(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def read(path) -> Snapshot:
     """Read and check a training checkpoint (module docstring)."""
     model_state, optimizer_state, meta = ckpt.load(path)
@@ -142,12 +137,12 @@ def read(path) -> Snapshot:
     except OverflowError:  # Config's float(value) of an integer beyond any float
         field = next((k for k, v in values.items() if isinstance(v, int) and abs(v) > 2 ** 1023), None)
         f.fail(f"config.{field}" if field else "config", "must be a number within the float range, got "
-               + (_short(values[field]) if field else "an integer beyond it"))
+               + (short_repr(values[field]) if field else "an integer beyond it"))
     dtype = f.get("dtype")
     if dtype not in DTYPES or dtype != config.dtype:
-        f.fail("dtype", f"must be the config's dtype {config.dtype!r}, got {_short(dtype)}")
+        f.fail("dtype", f"must be the config's dtype {config.dtype!r}, got {short_repr(dtype)}")
     if not isinstance(f.get("backend"), str):
-        f.fail("backend", f"must be a backend label, got {_short(meta['backend'])}")
+        f.fail("backend", f"must be a backend label, got {short_repr(meta['backend'])}")
     architecture = f.get("architecture")
     expected = json.loads(json.dumps(build_model(config).config()))  # tuples -> lists, as stored
     if architecture != expected:
@@ -196,13 +191,13 @@ def read(path) -> Snapshot:
 
     history = f.get("history")
     if not isinstance(history, list) or len(history) != epoch:
-        f.fail("history", f"must list one record per completed epoch ({epoch}), got {_short(history)}")
+        f.fail("history", f"must list one record per completed epoch ({epoch}), got {short_repr(history)}")
     for index, entry in enumerate(history):
         where = f"history[{index}]"
         if not isinstance(entry, dict) or not set(HISTORY_KEYS) <= set(entry):
-            f.fail(where, f"must be a record with keys {', '.join(HISTORY_KEYS)}, got {_short(entry)}")
+            f.fail(where, f"must be a record with keys {', '.join(HISTORY_KEYS)}, got {short_repr(entry)}")
         if entry["epoch"] != index + 1 or type(entry["epoch"]) is not int:
-            f.fail(f"{where}.epoch", f"must be {index + 1}, got {_short(entry['epoch'])}")
+            f.fail(f"{where}.epoch", f"must be {index + 1}, got {short_repr(entry['epoch'])}")
         f.number(f"{where}.loss", entry["loss"], finite=False)
         f.number(f"{where}.val_loss", entry["val_loss"], finite=False, optional=True)
         f.number(f"{where}.val_accuracy", entry["val_accuracy"], minimum=0.0, maximum=1.0, optional=True)
@@ -210,15 +205,15 @@ def read(path) -> Snapshot:
         f.number(f"{where}.seconds", entry["seconds"], minimum=0.0)
         for key, value in entry.items():
             if value is not None and not isinstance(value, (int, float, str)):
-                f.fail(f"{where}.{key}", f"must be a number or a string, got {_short(value)}")
+                f.fail(f"{where}.{key}", f"must be a number or a string, got {short_repr(value)}")
     step_losses = f.get("step_losses")
     if not isinstance(step_losses, list) or len(step_losses) != global_step:
         f.fail("step_losses", f"must list one loss per step ({global_step}), got "
-                              f"{len(step_losses) if isinstance(step_losses, list) else _short(step_losses)}")
+                              f"{len(step_losses) if isinstance(step_losses, list) else short_repr(step_losses)}")
     for index, value in enumerate(step_losses):
         f.number(f"step_losses[{index}]", value)
 
-    slots = OPTIMIZER_SLOTS[config.optimizer] if config.momentum or config.optimizer != "momentum" else ()
+    slots = build_optimizer(config).slots()
     params = dict(model.named_parameters())
     for key, value in optimizer_state.items():
         if key == "steps":
@@ -240,7 +235,8 @@ def read(path) -> Snapshot:
     normalization = meta.get("normalization")  # absent before any-dataset checkpoints: none
     if normalization is not None:
         if not isinstance(normalization, dict) or set(normalization) != {"mean", "std"}:
-            f.fail("normalization", f"must be {{\"mean\": [...], \"std\": [...]}} or null, got {_short(normalization)}")
+            f.fail("normalization", f"must be {{\"mean\": [...], \"std\": [...]}} or null, "
+                                    f"got {short_repr(normalization)}")
         try:
             mean, std = check_normalize((normalization["mean"], normalization["std"]), config.image_shape[0])
         except (DataError, OverflowError) as exc:
@@ -250,8 +246,9 @@ def read(path) -> Snapshot:
         f.fail("normalization", "is missing, but the run normalises its images (config.normalize)")
     class_names = meta.get("class_names")
     if class_names is not None and (not isinstance(class_names, list) or len(class_names) != config.classes
-                                    or not all(isinstance(name, str) and len(name) <= MAX_CLASS_NAME for name in class_names)):
-        f.fail("class_names", f"must be null or {config.classes} names (strings), got {_short(class_names)}")
+                                    or not all(isinstance(name, str) and len(name) <= MAX_CLASS_NAME
+                                               for name in class_names)):
+        f.fail("class_names", f"must be null or {config.classes} names (strings), got {short_repr(class_names)}")
     return Snapshot(config, architecture, model_state, optimizer_state, epoch, step_in_epoch, global_step,
                     rng_state, epoch_rng_state, history, step_losses, train_size, normalization, class_names)
 
@@ -259,5 +256,5 @@ def read(path) -> Snapshot:
 def layer_names(architecture) -> str:
     """'Conv2D-ReLU-MaxPool2D-Flatten-Dense (5 layers)' for an architecture record."""
     if not isinstance(architecture, list) or not all(isinstance(e, dict) for e in architecture):
-        return _short(architecture)
+        return short_repr(architecture)
     return "-".join(str(entry.get("type")) for entry in architecture) + f" ({len(architecture)} layers)"

@@ -3,9 +3,9 @@ that passes everything would make every gradient test in the suite worthless).""
 
 import numpy as np
 import pytest
+from helpers import xp_assert_close
 
 import xpcnn
-from helpers import xp_assert_close
 from xpcnn import Conv2D, Dense, MSELoss, Sequential, Sigmoid, assert_gradients_ok, check_gradients
 from xpcnn.tools.gradcheck import GradCheckResult
 

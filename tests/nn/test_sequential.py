@@ -90,7 +90,8 @@ def test_shape_inference_checks_geometry_at_build_time():
         model.infer_shape((1, 6, 6))
     with pytest.raises(ValueError, match=r"layer 0 \(Conv2D: kernel 3x3 is larger than the padded input 2x2\)"):
         model.infer_shape((1, 2, 2))
-    with pytest.raises(ValueError, match=r"layer 0 \(Conv2D: expected input of shape \(N, 1, H, W\), got shape \(N, 3, 8, 8\)\)"):
+    with pytest.raises(ValueError, match=r"layer 0 \(Conv2D: expected input of shape \(N, 1, H, W\), "
+                                         r"got shape \(N, 3, 8, 8\)\)"):
         model.infer_shape((3, 8, 8))
 
 
@@ -151,4 +152,4 @@ def test_inference_forward_keeps_nothing_and_restores_training(backend, rng):
     model.backward(backend.asarray(np.ones((2, 4)), "float32"))  # training forward saved again
     with pytest.raises(KeyError), model.inference():
         raise KeyError("an error inside the block")
-    assert all(layer.saving for layer in model.layers)
+    assert all(layer.training for layer in model.layers)

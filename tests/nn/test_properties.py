@@ -1,10 +1,10 @@
 """Property-based checks over random shapes, strides, paddings and batch sizes."""
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from xpcnn import (AvgPool2D, Conv2D, MaxPool2D, Sigmoid, SoftmaxCrossEntropyLoss, check_gradients,
-                   resolve, to_numpy)
+from xpcnn import AvgPool2D, Conv2D, MaxPool2D, Sigmoid, SoftmaxCrossEntropyLoss, check_gradients, resolve, to_numpy
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

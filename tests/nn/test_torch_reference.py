@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from xpcnn import (AvgPool2D, BCELoss, Conv2D, Dense, MaxPool2D, MSELoss, SoftmaxCrossEntropyLoss, Sigmoid,
-                   to_numpy)
+from xpcnn import AvgPool2D, BCELoss, Conv2D, Dense, MaxPool2D, MSELoss, Sigmoid, SoftmaxCrossEntropyLoss, to_numpy
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -80,19 +79,20 @@ def test_losses_match_torch(cpu_backend, rng):
         to = torch.tensor(output, requires_grad=True)
         tvalue = reference(to, torch.tensor(y))
         tvalue.backward()
-        value = loss(cpu_backend.asarray(output, "float64"), cpu_backend.asarray(y, None if y.dtype.kind == "i" else "float64"))
+        target = cpu_backend.asarray(y, None if y.dtype.kind == "i" else "float64")
+        value = loss(cpu_backend.asarray(output, "float64"), target)
         assert float(to_numpy(value)) == pytest.approx(float(tvalue.detach()), rel=1e-12)
         np.testing.assert_allclose(to_numpy(loss.backward()), to.grad.numpy(), rtol=1e-10, atol=1e-15)
 
 
-# -- regularisation layers (xpcnn.nn.regularization) ----------------------------------------------------
+# -- regularisation layers (xpcnn.nn.dropout, xpcnn.nn.batchnorm) ----------------------------------------------------
 @pytest.mark.parametrize("kind,shape,eps,momentum", [("2d", (4, 3, 5, 6), 1e-5, 0.1), ("2d", (2, 2, 3, 3), 1e-3, 0.35),
                                                       ("1d", (8, 5), 1e-5, 0.1), ("1d", (3, 4), 0.01, 0.9)])
 def test_batchnorm_matches_torch(cpu_backend, rng, kind, shape, eps, momentum):
     """Three training steps (outputs, input/gamma/beta gradients, running mean and unbiased running
     variance after each), then inference with the running statistics: torch.nn.BatchNorm1d/2d."""
     from xpcnn import Sequential
-    from xpcnn.nn.regularization import BatchNorm1D, BatchNorm2D
+    from xpcnn.nn import BatchNorm1D, BatchNorm2D
 
     channels = shape[1]
     layer = (BatchNorm2D if kind == "2d" else BatchNorm1D)(channels, eps=eps, momentum=momentum)
@@ -116,7 +116,8 @@ def test_batchnorm_matches_torch(cpu_backend, rng, kind, shape, eps, momentum):
         grad_in = model.backward(cpu_backend.asarray(grad_out, "float64"))
         np.testing.assert_allclose(to_numpy(out), tout.detach().numpy(), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(to_numpy(grad_in), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(to_numpy(layer.grads["weight"]), reference.weight.grad.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(layer.grads["weight"]), reference.weight.grad.numpy(), rtol=1e-12,
+                                   atol=1e-12)
         np.testing.assert_allclose(to_numpy(layer.grads["bias"]), reference.bias.grad.numpy(), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(to_numpy(layer.buffers["running_mean"]), reference.running_mean.numpy(), rtol=1e-12,
                                    atol=1e-14)
@@ -136,7 +137,7 @@ def test_dropout_matches_the_masked_formula(cpu_backend, rng, p):
     """torch's dropout draws its own masks, so the reference is x * mask / (1 - p) with the same mask
     (noise >= p) through torch.autograd; in eval mode torch's Dropout and ours are both the identity."""
     from xpcnn import Sequential
-    from xpcnn.nn.regularization import Dropout
+    from xpcnn.nn import Dropout
 
     x, noise, grad_out = rng.standard_normal((6, 3, 4)), rng.random((6, 3, 4)), rng.standard_normal((6, 3, 4))
     tx = torch.tensor(x, requires_grad=True)

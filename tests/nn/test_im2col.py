@@ -3,10 +3,10 @@ as the adjoint of im2col; then Conv2D's choice between strided slices and one ga
 
 import numpy as np
 import pytest
-
 from helpers import xp_assert_close
+
 from xpcnn import Conv2D
-from xpcnn.nn.im2col import _output_size, add_windows, col2im, conv_columns, gather_columns, gather_index, im2col
+from xpcnn.nn.im2col import add_windows, col2im, conv_columns, gather_columns, gather_index, im2col, output_size
 
 # (input shape (N, C, H, W) of the padded input, kh, kw, stride)
 CASES = [
@@ -21,7 +21,7 @@ IDS = [f"{h}x{w}-k{kh}x{kw}-s{s}" for (_, _, h, w), kh, kw, s in CASES]
 
 
 def _geometry(shape, kh, kw, stride):
-    return _output_size(shape[2], kh, stride, 0), _output_size(shape[3], kw, stride, 0)
+    return output_size(shape[2], kh, stride, 0), output_size(shape[3], kw, stride, 0)
 
 
 def naive_im2col(x, kh, kw, stride, out_h, out_w):
@@ -63,10 +63,10 @@ def _on(backend, dtype):
 
 def test_output_size_formula():
     """(n + 2p - f) // s + 1, the article's n - f + 1 for s = 1, p = 0."""
-    assert _output_size(28, 5, 1, 0) == 24 == 28 - 5 + 1
-    assert _output_size(7, 3, 2, 1) == 4
-    assert _output_size(8, 4, 3, 2) == 3
-    assert _output_size(5, 5, 1, 0) == 1
+    assert output_size(28, 5, 1, 0) == 24 == 28 - 5 + 1
+    assert output_size(7, 3, 2, 1) == 4
+    assert output_size(8, 4, 3, 2) == 3
+    assert output_size(5, 5, 1, 0) == 1
 
 
 @pytest.mark.parametrize("shape,kh,kw,stride", CASES, ids=IDS)

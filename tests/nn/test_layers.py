@@ -1,10 +1,21 @@
 import numpy as np
 import pytest
+from helpers import xp_assert_close
 
 import xpcnn
-from helpers import xp_assert_close
-from xpcnn import (AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Sigmoid, Tanh,
-                   assert_gradients_ok, to_numpy)
+from xpcnn import (
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Flatten,
+    MaxPool2D,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Tanh,
+    assert_gradients_ok,
+    to_numpy,
+)
 
 
 def _x(backend, rng, shape, dtype="float64"):
@@ -175,7 +186,8 @@ def naive_pool(x, g, kh, kw, stride, maximum):
                         grad[b, ch, r * stride + i, s * stride + j] += g[b, ch, r, s]
                     else:
                         out[b, ch, r, s] = window.mean()
-                        grad[b, ch, r * stride:r * stride + kh, s * stride:s * stride + kw] += g[b, ch, r, s] / (kh * kw)
+                        rows, cols = slice(r * stride, r * stride + kh), slice(s * stride, s * stride + kw)
+                        grad[b, ch, rows, cols] += g[b, ch, r, s] / (kh * kw)
     return out, grad
 
 
@@ -260,7 +272,8 @@ def test_layers_reject_integer_and_mismatched_inputs(rng):
 def test_mixing_libraries_names_both():
     torch = pytest.importorskip("torch")
     dense = Dense(4, 2)  # numpy parameters
-    with pytest.raises(TypeError, match=r"Dense.forward: arrays from different libraries.*numpy.ndarray and torch.Tensor"):
+    with pytest.raises(TypeError, match=r"Dense.forward: arrays from different libraries.*"
+                                        r"numpy.ndarray and torch.Tensor"):
         dense(torch.ones((2, 4), dtype=torch.float64))
 
 

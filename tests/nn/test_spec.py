@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from xpcnn.nn.presets import SpecError, architecture_network, parse_spec, preset_network
+from xpcnn.nn.presets import preset_network
+from xpcnn.nn.spec import SpecError, architecture_network, parse_spec
 
 
 def names(model):
@@ -80,7 +81,8 @@ def test_json_architecture_round_trips_a_model_config():
     ("[", "not valid JSON"),
     ("{}", "non-empty JSON list"),
     ('[{"type": "Conv3D"}]', "layer 0 (Conv3D): unknown layer type"),
-    ('[{"type": "Dense", "in_features": 5, "out_features": 10}]', "layer 0 (Dense): Dense: expected input of shape (N, 5)"),
+    ('[{"type": "Dense", "in_features": 5, "out_features": 10}]',
+     "layer 0 (Dense): Dense: expected input of shape (N, 5)"),
     ('[{"type": "Flatten"}, {"type": "Dense", "in_features": 784, "out_features": 10, "color": 1}]',
      "layer 1 (Dense): "),
 ])
