@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train xpcnn on MNIST: ``python scripts/train.py --help``."""
+"""Train a CNN on an image dataset, or compare backends: ``python scripts/train.py --help``."""
 
 import os
 import sys

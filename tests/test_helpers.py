@@ -3,9 +3,9 @@ namespace, device, dtype, shape or value."""
 
 import numpy as np
 import pytest
+from helpers import xp_assert_close
 
 import xpcnn
-from helpers import xp_assert_close
 
 
 def test_passes_on_a_match(backend, dtype, rng):

@@ -12,6 +12,7 @@ import numpy as np
 
 from xpcnn.backends import Backend, to_numpy
 from xpcnn.data import DataError, read_image, validate
+from xpcnn.data.targets import class_names, class_probabilities
 from xpcnn.training.builders import build_model
 from xpcnn.training.snapshot import read as read_checkpoint
 
@@ -41,10 +42,7 @@ class Predictor:
         self.model, self.backend = model.to(backend), backend
         stats = saved.normalization
         self.normalize = None if stats is None else (np.asarray(stats["mean"]), np.asarray(stats["std"]))
-        if config.task == "binary":
-            self.names = ["digit <= 4", "digit > 4"]
-        else:
-            self.names = saved.class_names or [str(k) for k in range(config.classes)]
+        self.names = class_names(config.task, config.classes, saved.class_names)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, K) for host images (N, C, H, W) of the run's shape: softmax of the
@@ -54,14 +52,9 @@ class Predictor:
         xp, out = self.backend.xp, []
         with self.model.inference():
             for start in range(0, len(images), batch_size):
-                x = to_batch(images[start:start + batch_size], self.backend, self.config.dtype, normalize=self.normalize)
-                output = self.model(x)
-                if self.config.task == "binary":
-                    p = output[:, 0:1]
-                    output = xp.concat([1.0 - p, p], axis=1)
-                else:
-                    exp = xp.exp(output - xp.max(output, axis=1, keepdims=True))
-                    output = exp / xp.sum(exp, axis=1, keepdims=True)
+                x = to_batch(images[start:start + batch_size], self.backend, self.config.dtype,
+                             normalize=self.normalize)
+                output = class_probabilities(xp, self.model(x), self.config.task)
                 out.append(to_numpy(output).astype(np.float64))
         return np.concatenate(out) if out else np.zeros((0, len(self.names)))
 
@@ -85,7 +78,7 @@ class Predictor:
                                      np.concatenate([entries[index][1] for index in group])))
             for index in group:
                 answers[index] = [next(done) for _ in entries[index][0]]
-        results = []
+        results: list[Prediction] = []
         for index, (_, batch) in enumerate(entries):
             results += answers[index] if index in answers else [batch]
         return results

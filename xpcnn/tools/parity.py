@@ -4,18 +4,33 @@ loss per epoch and every final parameter with the first backend's.
 
 Default tolerances (``np.allclose``-style: |a - b| <= atol + rtol |b|, for every
 parameter element and every epoch loss) come from measurements recorded in
-docs/parity.md; ``rtol`` / ``atol`` override them.
+docs/parity.md; ``rtol`` / ``atol`` override them.  :func:`compare_run` is ``xpcnn train
+--compare``: the run assembled and checked as :mod:`xpcnn.training.run` does, then compared.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 
 import numpy as np
 
-from xpcnn.backends import parse_spec, resolve
+from xpcnn.backends import BACKENDS, BackendError, resolve, split_spec
 from xpcnn.data import Split
-from xpcnn.training import Config, Trainer, build_model
+from xpcnn.io.files import write_json
+from xpcnn.training import Config, ProgressBar, Trainer, build_model
+from xpcnn.training.run import (
+    RunOptions,
+    Unavailable,
+    UsageError,
+    check_options,
+    choose_executor,
+    fit_to_data,
+    load_data,
+    run_config,
+    training_count,
+)
 
 # Measured (docs/parity.md, default preset, embedded data): float64 runs of numpy, torch, jax,
 # array_api_strict, cupy and torch on an H100 differ by at most 1.2e-15 per parameter element
@@ -43,7 +58,7 @@ def compare(specs: list[str], config: Config, train: Split, rtol: float | None =
         tolerance["rtol"] = rtol
     if atol is not None:
         tolerance["atol"] = atol
-    backends = [resolve(*parse_spec(spec)) for spec in specs]  # fail fast, before any training
+    backends = [resolve(*split_spec(spec)) for spec in specs]  # fail fast, before any training
     runs = []
     for spec, backend in zip(specs, backends):
         if on_backend:
@@ -56,6 +71,46 @@ def compare(specs: list[str], config: Config, train: Split, rtol: float | None =
                          "epoch_losses": [h["loss"] for h in trainer.state.history],
                          "step_losses": trainer.state.step_losses, "state": trainer.model.state_dict()})
     return _report(runs, config, tolerance)
+
+
+def compare_run(options: RunOptions) -> dict:
+    """Compare the backends of ``options.compare`` (``"numpy,torch"``) on the run ``options``
+    describe (one epoch in float64 unless ``settings`` say otherwise), with the checks of
+    :func:`~xpcnn.training.run.train` (a :class:`~xpcnn.training.run.UsageError` before any
+    training); prints progress and the report, writes parity.json (and parity.png with ``plot``) into
+    ``options.out``, and returns the report."""
+    check_options(options)
+    specs = [spec.strip() for spec in (options.compare or "").split(",") if spec.strip()]
+    if len(specs) < 2:
+        raise UsageError("--compare", f"--compare needs at least two backends, got {options.compare!r}")
+    for spec in specs:
+        name, device = split_spec(spec)
+        if name not in BACKENDS:
+            raise UsageError("--compare", f"--compare: unknown backend {name!r} in {spec!r}; choose from "
+                                          f"{', '.join(BACKENDS)}")
+        try:
+            resolve(name, device)
+        except BackendError as exc:
+            raise Unavailable("--compare", f"--compare {spec}: {exc}") from None
+    options = dataclasses.replace(options, settings={"epochs": COMPARE_EPOCHS, "dtype": COMPARE_DTYPE,
+                                                     **options.settings})
+    config = run_config(options)
+    dataset = load_data(options.data, "--data", options.layout, options.classes)
+    config, _ = fit_to_data(options, config, dataset)
+    print(f"parity: {', '.join(specs)}; preset {config.preset}, {config.dtype}, {config.epochs} epoch(s), "
+          f"{training_count(config, dataset)} training images ({dataset.source})", flush=True)
+    report = compare(specs, config, dataset.train, rtol=options.rtol, atol=options.atol,
+                     on_backend=lambda spec: print(f"  training on {spec} ...", flush=True),
+                     extensions=[] if options.quiet else [ProgressBar()],
+                     executor=lambda backend: choose_executor(options, backend, compare=True))
+    print(format_report(report))
+    write_json(os.path.join(options.out, "parity.json"), report)
+    if options.plot:
+        from xpcnn.tools.plots import plot_parity
+
+        plot_parity(report, os.path.join(options.out, "parity.png"))
+    print(f"wrote {os.path.join(options.out, 'parity.json')}")
+    return report
 
 
 def _report(runs: list[dict], config: Config, tolerance: dict) -> dict:
@@ -110,6 +165,7 @@ def format_report(report: dict) -> str:
         lines.append(f"  losses: {'PASS' if comparison['loss_pass'] else 'FAIL'}")
     seconds = ", ".join(f"{b['backend']} {b['seconds']:.1f}s" for b in report["backends"])
     lines.append("")
-    lines.append(f"parity {report['result']} ({report['dtype']}, rtol={report['rtol']:g}, atol={report['atol']:g}; {seconds})")
+    lines.append(f"parity {report['result']} ({report['dtype']}, rtol={report['rtol']:g}, atol={report['atol']:g}; "
+                 f"{seconds})")
     return "\n".join(lines)
 

@@ -6,8 +6,6 @@ import os
 
 import numpy as np
 
-from xpcnn.backends import to_numpy
-from xpcnn.data import to_batch
 from xpcnn.io.files import atomic_write
 
 
@@ -39,10 +37,11 @@ def _as_picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return (image[0] if image.ndim == 3 else image), "gray"
 
 
-def plot_run(trainer, metrics: dict, digit: np.ndarray, out: str, normalize=None) -> list[str]:
-    """curves.png (loss and validation accuracy), filters.png (first conv layer),
-    feature_maps.png (first conv layer's output for one image (C, H, W), normalised with
-    ``normalize`` as in training)."""
+def plot_run(metrics: dict, out: str, filters: np.ndarray | None = None, image: np.ndarray | None = None,
+             feature_maps: np.ndarray | None = None) -> list[str]:
+    """curves.png: the loss and validation accuracy of ``metrics`` (a run's metrics.json record);
+    with ``filters`` (K, C, kh, kw), the first conv layer's weights, filters.png; with ``image``
+    (C, H, W) and ``feature_maps`` (K, H', W'), that layer's output for it, feature_maps.png."""
     plt = _pyplot()
     history = metrics["history"]
     epochs = [h["epoch"] for h in history]
@@ -57,31 +56,32 @@ def plot_run(trainer, metrics: dict, digit: np.ndarray, out: str, normalize=None
         right.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", color="tab:green")
     right.set(xlabel="epoch", ylabel="validation accuracy (%)", title="accuracy")
     paths = [_save(fig, os.path.join(out, "curves.png"))]
+    if filters is None:
+        return paths
 
-    conv = trainer.model.layers[0]
-    weights = to_numpy(conv.params["weight"])  # (K, C, kh, kw)
-    filters = weights[:, 0] if weights.shape[1] != 3 else weights
-    columns = min(8, len(filters))
-    rows = -(-len(filters) // columns)
+    kernels = filters[:, 0] if filters.shape[1] != 3 else filters
+    columns = min(8, len(kernels))
+    rows = -(-len(kernels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, kernel in zip(axes.flat, filters):
+    for ax, kernel in zip(axes.flat, kernels):
         if kernel.ndim == 3:  # an RGB filter, scaled to [0, 1]
             ax.imshow(_as_picture(kernel)[0])
         else:
             ax.imshow(kernel, cmap="RdBu_r", vmin=-np.abs(kernel).max(), vmax=np.abs(kernel).max())
     fig.suptitle("learned filters f (first conv layer)")
     paths.append(_save(fig, os.path.join(out, "filters.png")))
+    if image is None or feature_maps is None:
+        return paths
 
-    maps = to_numpy(conv(to_batch(digit[None], trainer.backend, trainer.config.dtype, normalize)))[0]
     fig, axes = plt.subplots(rows, columns + 1, figsize=(1.3 * (columns + 1), 1.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    picture, cmap = _as_picture(digit)
+    picture, cmap = _as_picture(image)
     axes[0, 0].imshow(picture, cmap=cmap)
     axes[0, 0].set_title("X", fontsize=8)
-    for index, fmap in enumerate(maps):
+    for index, fmap in enumerate(feature_maps):
         ax = axes[index // columns, 1 + index % columns]
         ax.imshow(fmap, cmap="viridis")
     fig.suptitle("feature maps Z1 = X * f of one image")

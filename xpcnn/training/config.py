@@ -10,11 +10,10 @@ loss fits); ``binary`` trains one sigmoid output with binary cross-entropy, or w
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 from xpcnn.backends import DTYPES
-from xpcnn.data import TASKS
+from xpcnn.data.targets import BINARY_CLASSES, TASKS, is_binary, task_loss, task_outputs
 from xpcnn.nn.init import INITIALISERS
 from xpcnn.nn.losses import LOSSES
 
@@ -31,24 +30,40 @@ class ConfigError(ValueError):
         self.field, self.problem = field, problem
 
 
-def _integer(name, value, minimum, maximum=None):
+# -- the validators: every number and choice of a run (Config fields and the command line's other
+# options) is checked by one of these, and a ConfigError names the value --------------------------
+
+def check_integer(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """``value`` when it is an integer in [minimum, maximum] (no upper bound for None)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(name, f"must be an integer, got {value!r}")
     if value < minimum:
         raise ConfigError(name, f"must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise ConfigError(name, f"must be <= {maximum}, got {value}")
+    return value
 
 
-def _number(name, value) -> float:
+def check_number(name: str, value: object, interval: str) -> float:
+    """``value`` as a float when it is a real number in ``interval``, written as in mathematics:
+    ``"[0, 1)"``, ``"(0, 1]"``; ``"(0, inf)"`` (a positive number) and ``"[0, inf)"`` (a
+    non-negative one) leave out infinity, and every interval leaves out NaN."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(name, f"must be a number, got {value!r}")
-    return float(value)
+    number, (low, high) = float(value), (float(end) for end in interval[1:-1].split(","))
+    above = number >= low if interval[0] == "[" else number > low
+    below = number <= high if interval[-1] == "]" else number < high
+    if not (above and below):
+        wanted = {"(0, inf)": "a positive number", "[0, inf)": "a non-negative number"}.get(interval, f"in {interval}")
+        raise ConfigError(name, f"must be {wanted}, got {number}")
+    return number
 
 
-def _choice(name, value, choices):
+def check_choice(name: str, value: object, choices) -> str:
+    """``value`` when it is one of the strings ``choices``."""
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -77,59 +92,44 @@ class Config:
     weight_decay: float = 0.0  # L2 (sgd, momentum, adam) or decoupled (adamw)
 
     def __post_init__(self):
-        _choice("preset", self.preset, PRESET_NAMES)
-        _choice("task", self.task, TASKS)
-        _integer("epochs", self.epochs, 1)
-        _integer("batch_size", self.batch_size, 1)
-        self.lr = _number("lr", self.lr)
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError("lr", f"must be a positive number, got {self.lr}")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        self.momentum = _number("momentum", self.momentum)
-        if not 0 <= self.momentum < 1:
-            raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum}")
-        _choice("loss", self.loss, tuple(LOSSES))
-        _choice("init", self.init, INITIALISERS)
-        _integer("seed", self.seed, 0, 2 ** 63 - 2)
-        _choice("dtype", self.dtype, DTYPES)
+        check_choice("preset", self.preset, PRESET_NAMES)
+        check_choice("task", self.task, TASKS)
+        check_integer("epochs", self.epochs, 1)
+        check_integer("batch_size", self.batch_size, 1)
+        self.lr = check_number("lr", self.lr, "(0, inf)")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.momentum = check_number("momentum", self.momentum, "[0, 1)")
+        check_choice("loss", self.loss, tuple(LOSSES))
+        check_choice("init", self.init, INITIALISERS)
+        check_integer("seed", self.seed, 0, 2 ** 63 - 2)
+        check_choice("dtype", self.dtype, DTYPES)
         if self.train_count is not None:
-            _integer("train_count", self.train_count, 1)
-        _integer("shift", self.shift, 0, 16)
-        self.lr_decay = _number("lr_decay", self.lr_decay)
-        if not 0 < self.lr_decay <= 1:
-            raise ConfigError("lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+            check_integer("train_count", self.train_count, 1)
+        check_integer("shift", self.shift, 0, 16)
+        self.lr_decay = check_number("lr_decay", self.lr_decay, "(0, 1]")
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise ConfigError("model", f"must be a network spec (a string), got {self.model!r}")
         if (not isinstance(self.image_shape, (tuple, list)) or len(self.image_shape) != 3
                 or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096 for v in self.image_shape)):
-            raise ConfigError("image_shape", f"must be (channels, height, width), each in 1..4096, got {self.image_shape!r}")
+            raise ConfigError("image_shape",
+                              f"must be (channels, height, width), each in 1..4096, got {self.image_shape!r}")
         self.image_shape = tuple(self.image_shape)
-        _integer("classes", self.classes, 2, 100_000)
-        if self.task == "binary" and self.classes != 10:
+        check_integer("classes", self.classes, 2, 100_000)
+        if is_binary(self.task) and self.classes != BINARY_CLASSES:
             raise ConfigError("task", f"binary (digit > 4, the article's task) needs the 10 MNIST classes, "
                                       f"the data has {self.classes}; use multiclass")
         if not isinstance(self.normalize, bool):
             raise ConfigError("normalize", f"must be true or false, got {self.normalize!r}")
-        self.weight_decay = _number("weight_decay", self.weight_decay)
-        if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1):
-            raise ConfigError("weight_decay", f"must be in [0, 1), got {self.weight_decay}")
-        # The task -> loss rule: ten logits take softmax cross-entropy, one sigmoid output BCE or MSE.
-        if self.task == "multiclass":
-            self.loss = "softmax_ce"
-        elif self.loss == "softmax_ce":
-            self.loss = "bce"
+        self.weight_decay = check_number("weight_decay", self.weight_decay, "[0, 1)")
+        self.loss = task_loss(self.task, self.loss)  # ten logits: softmax cross-entropy; one output: BCE or MSE
 
     @property
     def outputs(self) -> int:
         """Width of the network's last layer: one sigmoid output (binary) or K logits."""
-        return 1 if self.task == "binary" else self.classes
-
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of epoch ``epoch`` (from 0): lr * lr_decay ** epoch."""
-        return self.lr * self.lr_decay ** epoch
+        return task_outputs(self.task, self.classes)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Config":
+    def from_dict(cls, values: dict) -> Config:
         """A Config from a stored dict (a checkpoint's record): unknown or missing keys and bad
         values raise :class:`ConfigError` naming the key."""
         if not isinstance(values, dict):

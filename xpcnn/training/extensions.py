@@ -31,6 +31,7 @@ import sys
 
 import numpy as np
 
+from xpcnn.backends import to_numpy
 from xpcnn.io.files import atomic_write, write_json
 
 PRIORITY_WRITER, PRIORITY_EDITOR, PRIORITY_READER = 300, 200, 100
@@ -272,7 +273,8 @@ class MetricsWriter(Extension):
 
 class PlotReport(Extension):
     """``curves.png``, ``filters.png`` and ``feature_maps.png`` in ``folder`` after training
-    (matplotlib, the 'plot' extra); ``image`` is the digit whose feature maps are drawn."""
+    (matplotlib, the 'plot' extra); ``image`` (C, H, W) is the one whose feature maps are drawn.
+    The last two need a first layer with 4-D weights (a convolution)."""
 
     def __init__(self, folder, image, source: str = "", verbose: bool = False):
         self.folder, self.image, self.source, self.verbose = os.fspath(folder), image, source, verbose
@@ -285,7 +287,12 @@ class PlotReport(Extension):
             return
         from xpcnn.tools.plots import plot_run
 
-        for path in plot_run(trainer, trainer.metrics(self.source), self.image, self.folder, trainer.normalize):
+        first = trainer.model.layers[0]
+        weight = first.params.get("weight")
+        convolves = weight is not None and len(weight.shape) == 4
+        filters = to_numpy(weight) if convolves else None
+        maps = to_numpy(first(trainer.to_batch(self.image[None])))[0] if convolves else None
+        for path in plot_run(trainer.metrics(self.source), self.folder, filters, self.image, maps):
             if self.verbose:
                 print(f"wrote {path}")
 

@@ -8,26 +8,32 @@ losses in one transfer and passes them to the extensions (:mod:`~xpcnn.training.
 everything else: learning-rate schedule, divergence check, validation, progress, logs, checkpoints,
 plots, early stop.  Nothing inside a step reads back from the device.
 
-A run stopped by a signal (``trainer.stop_requested = True``) ends after the current step with
-:class:`Interrupted`, once the extensions had their ``on_interrupt`` (the checkpointer saves then);
-:meth:`Trainer.resume` continues it bitwise where it stopped.
+A run stopped by a signal (``trainer.stop_requested = True``, which :func:`stop_on_signals` sets)
+ends after the current step with :class:`Interrupted`, once the extensions had their
+``on_interrupt`` (the checkpointer saves then); :meth:`Trainer.resume` continues it bitwise where
+it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from xpcnn.backends import Backend, to_numpy
-from xpcnn.io.checkpoint import CheckpointError
 from xpcnn.data import Split, batch_indices, channel_stats, targets_to_batch, task_targets, to_batch
+from xpcnn.data.targets import predicted_classes, target_classes
+from xpcnn.data.transforms import shift_batch
+from xpcnn.io.checkpoint import CheckpointError
 from xpcnn.nn.sequential import Sequential
 from xpcnn.training import snapshot
-from xpcnn.training.augment import shift_batch
 from xpcnn.training.builders import build_loss, build_model, build_optimizer
 from xpcnn.training.config import Config, ResumeMismatch, resume_config
 from xpcnn.training.executors import StepExecutor, make_executor
@@ -60,11 +66,37 @@ def last_batch_problem(model, images: int, batch_size: int) -> str | None:
     if images % batch_size != 1:
         return None
     for index, layer in enumerate(getattr(model, "layers", ())):
-        if getattr(layer, "AXES", None) == (0,):
+        if layer.BATCH_STATISTICS == (0,):
             return (f"layer {index} ({layer.name}) normalises each feature over the batch, and the last batch of "
                     f"every epoch would hold 1 image ({images} training images in batches of {batch_size}): "
                     f"choose a batch size that leaves at least 2")
     return None
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[dict]:
+    """Within: SIGINT or SIGTERM asks ``trainer`` to stop after the current step (its
+    checkpointer saves, then ``fit`` raises Interrupted); a second one ends the process at once.
+    Yields ``{"signal": signum}`` once one came.  Only the main thread can take signals: elsewhere
+    this does nothing."""
+    caught: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum, frame):
+        caught["signal"] = signum
+        if hasattr(trainer.executor, "signal"):  # data-parallel: the ranks agree on which signal
+            trainer.executor.signal = signum
+        trainer.stop_requested = True
+        signal.signal(signum, signal.SIG_DFL)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 class Trainer:
@@ -128,7 +160,8 @@ class Trainer:
 
         noise = step_noise(self.model, images, self.config.seed, self.state.epoch, self.state.step_in_epoch,
                            self.config.dtype)
-        batch = self.executor.to_device(images, targets, noise=noise) if noise else self.executor.to_device(images, targets)
+        batch = (self.executor.to_device(images, targets, noise=noise) if noise
+                 else self.executor.to_device(images, targets))
         return self.executor.step(batch)
 
     # -- the loop ---------------------------------------------------------------------
@@ -174,8 +207,9 @@ class Trainer:
     def _epoch(self, train: Split, targets: np.ndarray, extensions: list[Extension]) -> None:
         cfg, state = self.config, self.state
         if state.step_in_epoch == 0:
-            state.epoch_rng_state = self.rng.bit_generator.state
-        else:  # resuming mid-epoch: replay the epoch's shuffle
+            state.epoch_rng_state = dict(self.rng.bit_generator.state)
+        else:  # resuming mid-epoch: replay the epoch's shuffle (a checkpoint taken mid-epoch holds it)
+            assert state.epoch_rng_state is not None
             self.rng.bit_generator.state = state.epoch_rng_state
         batches = batch_indices(len(train), cfg.batch_size, self.rng)
         if state.step_in_epoch >= len(batches):
@@ -225,10 +259,8 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------
     def _classes(self, output) -> np.ndarray:
-        """Host class predictions from a batch of outputs: argmax, or O > 0.5 for one sigmoid output."""
-        if self.config.task == "binary":
-            return to_numpy(output[:, 0] > 0.5).astype(np.int64)
-        return to_numpy(self.backend.xp.argmax(output, axis=1)).astype(np.int64)
+        """Host class predictions from a batch of outputs (the task rule: argmax, or O > 0.5)."""
+        return to_numpy(predicted_classes(self.backend.xp, output, self.config.task)).astype(np.int64)
 
     def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Host predictions: class indices (multiclass) or 0/1 (binary)."""
@@ -248,19 +280,20 @@ class Trainer:
                 batch_targets = targets_to_batch(targets[start:start + batch_size], self.backend, self.config.dtype)
                 parts.append((float(to_numpy(self.loss_fn(output, batch_targets))) * output.shape[0],
                               self._classes(output)))
-        loss_sum, predicted = 0.0, []
+        loss_sum, batches = 0.0, []
         for batch_loss, batch_predicted in self.executor.gather_evaluation(parts):  # every batch, in order
             loss_sum += batch_loss
-            predicted.append(batch_predicted)
-        predicted = np.concatenate(predicted)
-        truth = targets[:, 0].astype(np.int64) if self.config.task == "binary" else targets
+            batches.append(batch_predicted)
+        predicted = np.concatenate(batches)
+        truth = target_classes(targets, self.config.task)
         result = (loss_sum / len(split), float(np.mean(predicted == truth)))
         return (*result, predicted) if predictions else result
 
     def test(self, split: Split) -> Evaluation:
         """Loss, accuracy, predictions and confusion matrix on ``split`` (the final evaluation)."""
         loss, accuracy, predicted = self.evaluate(split, predictions=True)
-        truth = task_targets(split.labels, self.config.task, self.config.classes).reshape(len(split), -1)[:, 0].astype(np.int64)
+        targets = task_targets(split.labels, self.config.task, self.config.classes)
+        truth = target_classes(targets, self.config.task)
         return Evaluation(loss, accuracy, predicted, truth, confusion_matrix(truth, predicted, self.config.outputs
                                                                              if self.config.outputs > 1 else 2))
 
@@ -307,7 +340,7 @@ class Trainer:
                                 saved.history, saved.step_losses, saved.train_size, saved.normalization)
 
     @classmethod
-    def from_checkpoint(cls, path, backend: Backend, epochs: int | None = None, **options) -> "Trainer":
+    def from_checkpoint(cls, path, backend: Backend, epochs: int | None = None, **options) -> Trainer:
         """A Trainer that continues the checkpoint's run (optionally for ``epochs`` in all): the resume
         policy is that only the number of epochs may change.  ``options`` go to the constructor."""
         config = resume_config(snapshot.read(path).config, epochs=epochs)

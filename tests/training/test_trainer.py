@@ -7,8 +7,18 @@ from helpers import refuse_host_reads
 
 from xpcnn import data, resolve
 from xpcnn.io.checkpoint import CheckpointError
-from xpcnn.training import (PRESETS, Checkpointer, Config, Diverged, Interrupted, Lambda, Trainer, build_model,
-                            confusion_matrix, random_shift)
+from xpcnn.training import (
+    PRESETS,
+    Checkpointer,
+    Config,
+    Diverged,
+    Interrupted,
+    Lambda,
+    Trainer,
+    build_model,
+    confusion_matrix,
+    random_shift,
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from xpcnn import data
 from xpcnn.cli import train_main as main
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")
 
 

@@ -1,9 +1,8 @@
 import pytest
 
 from xpcnn import data
-
-from xpcnn.tools import parity
 from xpcnn.backends import available
+from xpcnn.tools import parity
 from xpcnn.training import Config
 
 CPU_SPECS = ["numpy", "torch:cpu", "jax:cpu", "array_api_strict:device1"]

@@ -9,8 +9,8 @@ import pytest
 from xpcnn import data, resolve
 from xpcnn.cli import main as console
 from xpcnn.cli import predict_main
-from xpcnn.training import Checkpointer, Config, Trainer
 from xpcnn.inference import Predictor
+from xpcnn.training import Checkpointer, Config, Trainer
 
 
 @pytest.fixture(scope="module")

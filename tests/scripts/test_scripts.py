@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
+SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts")
 
 
 def load(name):
