@@ -46,13 +46,14 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import benchmark  # noqa: E402
-
 import benchmark_ranks  # noqa: E402
-from xpcnn.backends import available  # noqa: E402
 from benchmark import SPECS, machine, run, scale_check  # noqa: E402
+
+from xpcnn.backends import available  # noqa: E402
 from xpcnn.io.files import check_writable_file, write_json  # noqa: E402
 from xpcnn.nn.conv import Conv2D  # noqa: E402
 from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
+
 
 def print_table(result: dict) -> None:
     print(f"\nworkload {result['workload']}: {result['images']} images/epoch, batch {result['batch']}, "
@@ -151,7 +152,8 @@ def main(argv=None) -> int:
     if args.workload in ("bench", "both"):
         for filters in filter_counts:
             for batch in batch_sizes:
-                result = run("bench", batch, filters, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,
+                result = run("bench", batch, filters, args.dtype, args.repeats, specs, args.naive_subset,
+                             threads=args.threads,
                              chunk=args.chunk or None, naive=(batch == batch_sizes[0]), torch_threads=torch_threads)
                 if ranks:
                     benchmark_ranks.add_rank_rows(result, ranks, args.chunk or None)
@@ -161,7 +163,8 @@ def main(argv=None) -> int:
                 report["results"].append(result)
     if args.scale:
         report["scale"] = scale_check(args.dtype, args.repeats)
-        small, large, ratio = report["scale"]["epoch_s_5000"], report["scale"]["epoch_s_60000"], report["scale"]["ratio"]
+        scale = report["scale"]
+        small, large, ratio = scale["epoch_s_5000"], scale["epoch_s_60000"], scale["ratio"]
         print(f"\nscale (numpy, bench, batch 128, median of {args.repeats}, interleaved): 5,000 images {small:.3f}s, "
               f"60,000 images {large:.3f}s, ratio {ratio:.2f} (ideal 12, {100 * (ratio / 12 - 1):+.1f}%)")
     write_json(args.out, report)
@@ -187,7 +190,8 @@ def plot(report: dict, path: str) -> None:
             continue
         for row in result["rows"]:
             if row["spec"] != "naive":
-                series.setdefault(f"{row['impl']} F={result['filters']}", []).append((result["batch"], row["images_per_s"]))
+                name = f"{row['impl']} F={result['filters']}"
+                series.setdefault(name, []).append((result["batch"], row["images_per_s"]))
     for label, points in series.items():
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)

@@ -27,12 +27,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as bench.py does, before NumPy loads (docs/performance.md)
 
 import benchmark as bench  # noqa: E402
-from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xpcnn import data, resolve  # noqa: E402
 from xpcnn.nn.losses import SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.optim import SGD  # noqa: E402
+from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
 
 LR = 0.05
 

@@ -19,8 +19,8 @@ import numpy as np
 from xpcnn import data
 from xpcnn.backends import resolve, split_spec, synchronize
 from xpcnn.nn.losses import MSELoss, SoftmaxCrossEntropyLoss
-from xpcnn.nn.sequential import Sequential
 from xpcnn.nn.presets import article_network, bench_network
+from xpcnn.nn.sequential import Sequential
 from xpcnn.optim import SGD
 from xpcnn.training import make_executor
 from xpcnn.training.executors.compiled import compiled_executor, has_compiled_executor
@@ -203,7 +203,8 @@ def run(workload, batch, filters, dtype, repeats, specs, naive_subset, naive=Tru
                                 compiled=False) for spec in specs}
     for spec in specs:  # each compiled executor next to its eager twin
         if has_compiled_executor(resolve(*split_spec(spec))):
-            epochs[f"{spec} compiled"] = xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype, compiled=True)
+            epochs[f"{spec} compiled"] = xpcnn_epoch(spec, workload, images, targets, batch, filters, dtype,
+                                                      compiled=True)
     if "numpy" in specs:  # the same NumPy code with each batch cut into shares (xpcnn.training.executors)
         pieces = f", chunks of {chunk}" if chunk else ""
         if chunk:

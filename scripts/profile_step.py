@@ -14,6 +14,7 @@ wait empties the device's queue, which the whole step keeps full.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -26,12 +27,13 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmark import workload_data, xpcnn_network  # noqa: E402
+
 from xpcnn import data  # noqa: E402
 from xpcnn.backends import BackendError, resolve, split_spec, synchronize  # noqa: E402
-from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
 from xpcnn.nn.conv import Conv2D  # noqa: E402
 from xpcnn.nn.losses import SoftmaxCrossEntropyLoss  # noqa: E402
 from xpcnn.optim import SGD  # noqa: E402
+from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
 
 
 def profile(spec: str, batch: int, filters: int, dtype: str, repeats: int, functions: int = 0, im2col: str = "auto"):
@@ -59,7 +61,7 @@ def profile(spec: str, batch: int, filters: int, dtype: str, repeats: int, funct
         grad = timed("loss backward", loss_fn.backward)
         for position, layer in reversed(list(enumerate(model.layers))):
             if position == 0:
-                timed(f"{layer.name} backward", lambda: layer.backward(grad, input_grad=False))
+                timed(f"{layer.name} backward", functools.partial(layer.backward, input_grad=False), grad)
             else:
                 grad = timed(f"{layer.name} backward", layer.backward, grad)
         timed("update", optimizer.step, model)
@@ -114,7 +116,8 @@ def main(argv=None) -> int:
         parser.error("--batch-size must be at most 4000 (of the 4,500 embedded training digits)")
     keep_freed_memory()
     try:
-        rows = profile(args.backend, args.batch_size, args.filters, args.dtype, args.repeats, args.functions, args.im2col)
+        rows = profile(args.backend, args.batch_size, args.filters, args.dtype, args.repeats, args.functions,
+                       args.im2col)
     except BackendError as exc:
         parser.error(str(exc))
     print(f"{args.backend}, batch {args.batch_size}, {args.filters} filters, {args.dtype}, im2col {args.im2col}, "

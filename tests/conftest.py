@@ -68,7 +68,7 @@ def pytest_configure(config):
         try:
             resolve(*split_spec(spec))
         except BackendError as exc:
-            raise pytest.UsageError(f"required backend {name!r} is not usable: {exc}")
+            raise pytest.UsageError(f"required backend {name!r} is not usable: {exc}") from None
 
 
 def _params(config):

@@ -1,15 +1,29 @@
 """xpcnn: a convolutional neural network from scratch on the Python array API."""
 
-from xpcnn.backends import Backend, BackendError, resolve, to_numpy, from_numpy, transfer, available
-from xpcnn.nn import Conv2D, Dense, Sigmoid, Tanh, ReLU, Flatten, MaxPool2D, AvgPool2D
-from xpcnn.nn import Sequential, StateDictError
-from xpcnn.nn import BatchNorm1D, BatchNorm2D, Dropout
-from xpcnn.nn import MSELoss, BCELoss, SoftmaxCrossEntropyLoss
-from xpcnn.optim import SGD, Adam, AdamW
-from xpcnn.tools.gradcheck import check_gradients, assert_gradients_ok
 from xpcnn import data, training
+from xpcnn.backends import Backend, BackendError, available, from_numpy, resolve, to_numpy, transfer
+from xpcnn.nn import (
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    BCELoss,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    MSELoss,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    SoftmaxCrossEntropyLoss,
+    StateDictError,
+    Tanh,
+)
 from xpcnn.nn import presets as networks
+from xpcnn.optim import SGD, Adam, AdamW
 from xpcnn.tools import parity
+from xpcnn.tools.gradcheck import assert_gradients_ok, check_gradients
 
 __version__ = "0.1.0"
 

@@ -39,8 +39,10 @@ def usage_error(capsys, *argv) -> str:
 @pytest.mark.parametrize("argv,message", [
     (["--backend", "mxnet"], "argument --backend: invalid choice: 'mxnet'"),
     (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
-    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is for --optimizer momentum; this run's optimizer is adam"),
-    (["--preset", "article", "--momentum", "0.5"], "--momentum is for --optimizer momentum; this run's optimizer is sgd"),
+    (["--optimizer", "adam", "--momentum", "0.5"],
+     "--momentum is for --optimizer momentum; this run's optimizer is adam"),
+    (["--preset", "article", "--momentum", "0.5"],
+     "--momentum is for --optimizer momentum; this run's optimizer is sgd"),
     (["--lr", "nan"], "--lr must be a positive number, got nan"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--lr-decay", "1.5"], "--lr-decay must be in (0, 1], got 1.5"),
@@ -282,7 +284,8 @@ def test_eval_data_takes_the_training_classes_and_a_resume_keeps_them(capsys, tm
     np.savez(wide, x_train=dataset.train.images[:50], y_train=dataset.train.labels[:50],
              x_test=dataset.validation.images[:100], y_test=labels)
     # test labels beyond the training's 10 classes: said before training, not in a traceback after it
-    last = usage_error(capsys, "--data", tiny_npz, "--eval-data", str(wide), "--epochs", "1", "--out", str(tmp_path / "a"))
+    last = usage_error(capsys, "--data", tiny_npz, "--eval-data", str(wide), "--epochs", "1",
+                       "--out", str(tmp_path / "a"))
     assert last.startswith("train.py: error: --eval-data: ") and "label 11 at index 7 is outside 0-9" in last
     out = tmp_path / "b"  # a run of 12 classes resumes without --classes again (only --epochs may change)
     assert main(["--data", tiny_npz, "--classes", "12", "--epochs", "1", "--out", str(out), "--quiet"]) == 0

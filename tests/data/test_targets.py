@@ -58,4 +58,5 @@ def test_the_task_rule_from_outputs_to_classes_probabilities_and_names(backend):
     assert task_outputs("binary", 10) == 1 and task_outputs("multiclass", 7) == 7
     np.testing.assert_array_equal(target_classes(np.array([[0.0], [1.0]]), "binary"), [0, 1])
     assert class_names("binary", 10) == ["digit <= 4", "digit > 4"]
-    assert class_names("multiclass", 3) == ["0", "1", "2"] and class_names("multiclass", 2, ["cat", "dog"]) == ["cat", "dog"]
+    assert class_names("multiclass", 3) == ["0", "1", "2"]
+    assert class_names("multiclass", 2, ["cat", "dog"]) == ["cat", "dog"]

@@ -195,7 +195,8 @@ def test_resume_with_any_rank_count_without_a_shared_filesystem(mpi, small, refe
     assert code == 0, out + err
     # Same rank count: bitwise the uninterrupted 2-rank (= --threads 2) run.
     shutil.copytree(first, tmp_path / "same")
-    code, out, err = run(mpi, 2, dflags(small, tmp_path / "same", "--resume", str(tmp_path / "same" / "checkpoint.npz")))
+    checkpoint = str(tmp_path / "same" / "checkpoint.npz")
+    code, out, err = run(mpi, 2, dflags(small, tmp_path / "same", "--resume", checkpoint))
     assert code == 0, out + err
     assert "resuming at epoch 2" in out
     assert_same_run(tmp_path / "same", reference / "threads2")
@@ -330,7 +331,8 @@ def test_usage_errors_are_one_line_from_rank_0(mpi, small, tmp_path):
                            (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
                            (["--reduction", "nccl"], "reduction 'nccl' needs cupy or torch:cuda ranks"),
                            # rank 0 alone checks --out: the others must not wait for it in a collective
-                           (["--out", str(tmp_path / "file")], f"rank 0: --out: '{tmp_path / 'file'}' is not a folder")):
+                           (["--out", str(tmp_path / "file")],
+                            f"rank 0: --out: '{tmp_path / 'file'}' is not a folder")):
         (tmp_path / "file").write_text("")
         code, out, err = run(mpi, 2, ["--distributed", "--data", small, "--out", str(tmp_path), *extra])
         assert code == 2, out + err
@@ -339,7 +341,8 @@ def test_usage_errors_are_one_line_from_rank_0(mpi, small, tmp_path):
 
 
 def test_divergence_stops_every_rank_at_the_same_step(mpi, small, tmp_path):
-    code, out, err = run(mpi, 2, ["--distributed", "--data", small, "--epochs", "2", "--lr", "1e30", "--optimizer", "sgd",
+    code, out, err = run(mpi, 2, ["--distributed", "--data", small, "--epochs", "2", "--lr", "1e30",
+                                  "--optimizer", "sgd",
                                   "--quiet", "--out", str(tmp_path)])
     assert code == 3, out + err
     assert err.count("training diverged: loss became") == 1, err

@@ -265,7 +265,7 @@ def test_an_unedited_rewrite_reads_back_the_same(runs, tmp_path):
 
 
 def test_a_good_checkpoint_resumes_where_it_stopped(runs):
-    """(Bitwise continuation: tests/test_training.py.)"""
+    """(Bitwise continuation: tests/training/test_trainer.py.)"""
     saved = snapshot.read(runs["mid"].path)
     assert (saved.epoch, saved.step_in_epoch, saved.global_step, saved.train_size) == (1, 2, 6, 200)
     with Trainer.from_checkpoint(runs["mid"].path, resolve("numpy")) as trainer:

@@ -261,7 +261,8 @@ def test_from_checkpoint_applies_the_resume_policy(small, tmp_path):
     for name, value in straight.model.state_dict().items():
         np.testing.assert_array_equal(resumed.model.state_dict()[name], value)
     other = Trainer(dataclasses.replace(config, lr=0.5), resolve("numpy"))
-    with pytest.raises(CheckpointError, match=r"only epochs may change, not lr \(0.05 in the checkpoint, 0.5 asked for\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"only epochs may change, not lr \(0.05 in the checkpoint, 0.5 asked for\)"):
         other.resume(tmp_path / "c.npz")
 
 

@@ -218,13 +218,13 @@ def device_name(device) -> str:
 def namespace(*arrays, where: str = "xpcnn"):
     """``array_namespace(*arrays)``, with one clear error if they come from two
     libraries or two devices.  ``where`` names the caller in that message."""
-    arrays = [a for a in arrays if a is not None]
+    present = [a for a in arrays if a is not None]
     try:
-        xp = array_api_compat.array_namespace(*arrays)
+        xp = array_api_compat.array_namespace(*present)
     except TypeError:
-        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
+        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in present})
         raise TypeError(f"{where}: arrays from different libraries mixed in one call: {' and '.join(kinds)}") from None
-    devices = [array_api_compat.device(a) for a in arrays]
+    devices = [array_api_compat.device(a) for a in present]
     if any(d != devices[0] for d in devices[1:]):  # (called in every layer: keep the common case short)
         devices = [d for i, d in enumerate(devices) if all(d != seen for seen in devices[:i])]
         raise ValueError(
@@ -261,10 +261,8 @@ def transfer(x, backend: Backend, dtype: str | None = None):
     CUDA arrays (no host round trip), otherwise goes through host NumPy."""
     source = backend_of(x)
     same_place = source.name == backend.name and source.device == backend.device
-    if same_place and dtype is None:
-        return x
     if same_place:
-        return backend.xp.astype(x, backend.dtype(dtype))
+        return x if dtype is None else backend.xp.astype(x, backend.dtype(dtype))
     if "cuda" in device_name(source.device) and "cuda" in device_name(backend.device):
         try:
             moved = backend.xp.from_dlpack(x)

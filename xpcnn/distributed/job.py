@@ -47,7 +47,7 @@ class Job:
         to use on this rank; ``None`` when rank 0 could not read it (rank 0 gets ``path`` back and
         reports the problem itself)."""
         payload = None
-        if self.rank == 0:
+        if self.rank == 0 and path is not None:
             try:
                 with open(path, "rb") as handle:
                     payload = handle.read()

@@ -161,7 +161,7 @@ class SharedMemoryReducer(GatherReducer):
         collective, and close() also runs while one rank unwinds from an exception; there a
         collective would wait for the other ranks, which wait in the next step for this one, and
         the job would hang instead of aborting (tests/distributed/test_distributed.py)."""
-        self.sets = self.rows = None
+        self.sets = self.rows = None  # type: ignore[assignment]  # released: never read again
         self.window.Unlock_all()
 
     def free(self) -> None:

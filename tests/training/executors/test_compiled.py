@@ -1,5 +1,6 @@
 """xpcnn.training.executors' compiled steps (jax_jit.py, cuda_graph.py): the compiled step equals the
-eager step (lr changes, momentum, Adam), resumes bitwise, reads nothing back from the device, and plugs into the Trainer and the CLI."""
+eager step (lr changes, momentum, Adam), resumes bitwise, reads nothing back from the device, and plugs
+into the Trainer and the CLI."""
 
 import dataclasses
 

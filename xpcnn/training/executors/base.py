@@ -89,7 +89,10 @@ def forward_backward(model, loss_fn, x, y, noise: dict | None = None, weight: fl
 class StepExecutor:
     """Base class: the contract in the module docstring, with the defaults every executor shares."""
 
-    is_main = True
+    @property
+    def is_main(self) -> bool:
+        """False on every data-parallel rank but one (see the contract)."""
+        return True
 
     def bind(self, model, loss_fn, optimizer, backend, dtype: str) -> None:
         self.model, self.loss_fn, self.optimizer, self.backend, self.dtype = model, loss_fn, optimizer, backend, dtype

@@ -93,6 +93,7 @@ class SplitStep(StepExecutor):
 
         # The calling thread runs thread 0's shares itself while the pool runs the others.
         busy = range(min(self.threads, len(shares)))
+        assert self.pool is not None  # made by running()
         others = [self.pool.submit(run_thread, t) for t in busy[1:]]
         results = [run_thread(0)] + [future.result() for future in others]
         for index, layer in enumerate(self.model.layers):
