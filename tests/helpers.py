@@ -15,6 +15,11 @@ import numpy as np
 from xpcnn.backends import device_name, to_numpy
 
 
+def normal_array(backend, rng: np.random.Generator, shape: tuple, dtype: str = "float64"):
+    """Standard-normal values drawn on the host from ``rng``, on ``backend``'s device in ``dtype``."""
+    return backend.asarray(rng.standard_normal(shape), dtype)
+
+
 def _is_array(value) -> bool:
     return array_api_compat.is_array_api_obj(value) and not isinstance(value, (bool, int, float, complex))
 

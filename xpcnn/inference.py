@@ -6,7 +6,9 @@ one problem per input and never a stop for the others.  ``xpcnn predict`` is the
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +36,7 @@ class Prediction:
 class Predictor:
     """The network of a training checkpoint on ``backend``, ready to classify."""
 
-    def __init__(self, checkpoint, backend: Backend):
+    def __init__(self, checkpoint: str | os.PathLike, backend: Backend) -> None:
         saved = read_checkpoint(checkpoint)  # checked whole: a CheckpointError names the file and field
         self.config = config = saved.config
         model = build_model(config).to("numpy", dtype=config.dtype)
@@ -84,7 +86,7 @@ class Predictor:
         return results
 
 
-def read_input(path: str, image_shape: tuple, layout: str = "auto"):
+def read_input(path: str, image_shape: tuple, layout: str = "auto") -> tuple[Any, Any]:
     """(names, images (n, C, H, W)) of one image or array file, or (None, a Prediction with the error)."""
     want = tuple(image_shape)
     try:

@@ -26,14 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from xpcnn.backends import backend_of, namespace, to_numpy, transfer
+from xpcnn.backends import Array, backend_of, namespace, to_numpy, transfer
 from xpcnn.nn.validate import is_number, number, within
 
 
 class Optimizer:
     SLOTS: tuple = ()  # the names of the per-parameter state arrays
 
-    def __init__(self, lr: float, weight_decay: float = 0.0, decay_filter: Callable[[str], bool] | None = None):
+    def __init__(self, lr: float, weight_decay: float = 0.0, decay_filter: Callable[[str], bool] | None = None) -> None:
         if not (is_number(lr) and lr > 0):
             raise ValueError(f"{type(self).__name__}: learning rate must be a positive number, got {lr!r}")
         if not (is_number(weight_decay) and weight_decay >= 0):
@@ -75,7 +75,7 @@ class Optimizer:
         """The host scalars of step number ``self.steps`` (counted from 1)."""
         return {"lr": self.lr}
 
-    def _l2(self, param, grad, scalars):
+    def _l2(self, param: Array, grad: Array, scalars: dict) -> Array:
         """grad + wd * param (L2 regularisation); the gradient itself without weight decay.
         (wd is the optimizer's constant, not a step input: it never changes during a run.)"""
         if self.weight_decay and not scalars.get("no_decay", False):
@@ -123,7 +123,7 @@ class SGD(Optimizer):
     SLOTS = ("velocity",)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
-                 decay_filter: Callable[[str], bool] | None = None):
+                 decay_filter: Callable[[str], bool] | None = None) -> None:
         super().__init__(lr, weight_decay, decay_filter)
         self.momentum = within(number(momentum, "momentum", "SGD"), "momentum", "SGD", 0, 1, high_open=True)
 
@@ -148,7 +148,7 @@ class Adam(Optimizer):
     SLOTS = ("m", "v")
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decay_filter: Callable[[str], bool] | None = None):
+                 weight_decay: float = 0.0, decay_filter: Callable[[str], bool] | None = None) -> None:
         super().__init__(lr, weight_decay, decay_filter)
         self.beta1, self.beta2 = map(float, betas)
         self.eps = float(eps)
@@ -161,7 +161,7 @@ class Adam(Optimizer):
         grad = self._l2(param, grad, scalars)
         return self._adam(param, grad, slots, scalars)
 
-    def _adam(self, param, grad, slots, scalars):
+    def _adam(self, param: Array, grad: Array, slots: dict, scalars: dict) -> tuple[Array, dict]:
         xp = namespace(param, grad)
         m = (1 - self.beta1) * grad if "m" not in slots else self.beta1 * slots["m"] + (1 - self.beta1) * grad
         v = ((1 - self.beta2) * grad * grad if "v" not in slots
@@ -176,7 +176,7 @@ class AdamW(Adam):
     old * (1 - lr * wd), then Adam's update with the plain gradient.  Default wd 0.01, as PyTorch's."""
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, decay_filter: Callable[[str], bool] | None = None):
+                 weight_decay: float = 0.01, decay_filter: Callable[[str], bool] | None = None) -> None:
         super().__init__(lr, betas, eps, weight_decay, decay_filter)
 
     def scalars(self) -> dict:

@@ -4,7 +4,7 @@ optimizers), and a model file's sizes checked before anything is built."""
 
 import numpy as np
 import pytest
-from helpers import xp_assert_close
+from helpers import normal_array, xp_assert_close
 
 from xpcnn.backends import to_numpy
 from xpcnn.nn import (
@@ -24,10 +24,6 @@ from xpcnn.tools.gradcheck import assert_gradients_ok
 from xpcnn.training.noise import draw_noise, step_seed
 
 
-def _x(backend, rng, shape, dtype="float64"):
-    return backend.asarray(rng.standard_normal(shape), dtype)
-
-
 def _randomise(layer, rng):
     """Gamma and beta away from 1 and 0, running statistics away from 0 and 1."""
     size = layer.size
@@ -41,7 +37,7 @@ def _randomise(layer, rng):
     (lambda: BatchNorm1D(5), (6, 5)), (lambda: BatchNorm1D(1), (3, 1))], ids=["2d", "2d-eps", "1d", "1d-one"])
 def test_batchnorm_gradients(backend, rng, make, shape):
     layer = _randomise(make(), rng)
-    results = assert_gradients_ok(layer, _x(backend, rng, shape))
+    results = assert_gradients_ok(layer, normal_array(backend, rng, shape))
     assert {r.name for r in results} == {"input", "weight", "bias"}
 
 
@@ -49,7 +45,7 @@ def test_network_with_batchnorm_gradients(backend, rng):
     """BatchNorm between a convolution and a dense layer: the whole stack's gradients."""
     model = Sequential(Conv2D(1, 3, 3, rng=1), _randomise(BatchNorm2D(3), rng), ReLU(), Flatten(),
                        Dense(3 * 4 * 4, 4, rng=2), _randomise(BatchNorm1D(4), rng))
-    results = assert_gradients_ok(model, _x(backend, rng, (5, 1, 6, 6)))
+    results = assert_gradients_ok(model, normal_array(backend, rng, (5, 1, 6, 6)))
     assert {r.name for r in results} == {"input", "0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias",
                                          "5.weight", "5.bias"}
 

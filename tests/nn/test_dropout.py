@@ -5,16 +5,12 @@ import copy
 
 import numpy as np
 import pytest
-from helpers import xp_assert_close
+from helpers import normal_array, xp_assert_close
 
 from xpcnn.backends import to_numpy
 from xpcnn.nn import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential
 from xpcnn.tools.gradcheck import assert_gradients_ok
 from xpcnn.training.noise import draw_noise, step_seed
-
-
-def _x(backend, rng, shape, dtype="float64"):
-    return backend.asarray(rng.standard_normal(shape), dtype)
 
 
 class FixedNoiseDropout(Dropout):
@@ -32,7 +28,7 @@ class FixedNoiseDropout(Dropout):
 @pytest.mark.parametrize("p", [0.0, 0.3, 0.75])
 def test_dropout_gradients(backend, rng, p):
     noise = backend.asarray(rng.random((3, 2, 4, 3)), "float64")
-    assert_gradients_ok(FixedNoiseDropout(p, noise), _x(backend, rng, (3, 2, 4, 3)))
+    assert_gradients_ok(FixedNoiseDropout(p, noise), normal_array(backend, rng, (3, 2, 4, 3)))
 
 
 def test_dropout_is_inverted_and_the_identity_in_inference(backend, rng, dtype):

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from helpers import xp_assert_close
+from helpers import normal_array, xp_assert_close
 
 import xpcnn
 from xpcnn import (
@@ -16,11 +16,6 @@ from xpcnn import (
     assert_gradients_ok,
     to_numpy,
 )
-
-
-def _x(backend, rng, shape, dtype="float64"):
-    return backend.asarray(rng.standard_normal(shape), dtype)
-
 
 # -- the article's worked example -------------------------------------------------
 
@@ -59,12 +54,12 @@ def test_conv_gradients(backend, rng, case, im2col):
     case = dict(case)
     shape = case.pop("shape")
     conv = Conv2D(**case, rng=3, im2col=im2col)
-    assert_gradients_ok(conv, _x(backend, rng, shape))
+    assert_gradients_ok(conv, normal_array(backend, rng, shape))
 
 
 def test_stacked_conv_gradients(backend, rng):
     model = Sequential(Conv2D(1, 3, 3, padding=1, rng=1), Tanh(), Conv2D(3, 2, 3, stride=2, rng=2), Sigmoid())
-    results = assert_gradients_ok(model, _x(backend, rng, (2, 1, 7, 7)))
+    results = assert_gradients_ok(model, normal_array(backend, rng, (2, 1, 7, 7)))
     assert {r.name for r in results} == {"input", "0.weight", "0.bias", "2.weight", "2.bias"}
 
 
@@ -75,7 +70,7 @@ def test_stacked_conv_gradients(backend, rng):
 def test_simple_layer_gradients(backend, rng, layer):
     layer = layer()
     shape = (3, 6) if isinstance(layer, Dense) else (3, 2, 2, 3)
-    assert_gradients_ok(layer, _x(backend, rng, shape))
+    assert_gradients_ok(layer, normal_array(backend, rng, shape))
 
 
 @pytest.mark.parametrize("cls,kernel,stride,shape", [
@@ -83,7 +78,7 @@ def test_simple_layer_gradients(backend, rng, layer):
     (AvgPool2D, 2, None, (2, 3, 6, 6)), (AvgPool2D, 3, 1, (1, 2, 5, 5)),
 ])
 def test_pool_gradients(backend, rng, cls, kernel, stride, shape):
-    assert_gradients_ok(cls(kernel, stride), _x(backend, rng, shape))
+    assert_gradients_ok(cls(kernel, stride), normal_array(backend, rng, shape))
 
 
 def test_article_network_gradients(backend, rng):
@@ -111,7 +106,7 @@ def test_backward_without_input_grad(backend, rng, make, shape):
     """``backward(g, input_grad=False)`` returns None, leaves the parameter gradients bit for bit
     what ``backward(g)`` gives, and lets go of what forward saved, like a full backward."""
     layer = make().to(backend, dtype="float64")
-    x = _x(backend, rng, shape)
+    x = normal_array(backend, rng, shape)
     grad = backend.xp.ones_like(layer(x))
     full = layer.backward(grad)
     assert full is not None and full.shape == x.shape and full.dtype == x.dtype

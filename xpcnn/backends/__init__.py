@@ -29,8 +29,10 @@ from xpcnn.backends.base import (
     ADAPTERS,
     DTYPES,
     Adapter,
+    Array,
     Backend,
     BackendError,
+    Namespace,
     adapter_for,
     available,
     backend_of,
@@ -63,8 +65,8 @@ register(ArrayApiStrictAdapter())
 
 BACKENDS = tuple(ADAPTERS)  # the built-in backends, in the order above
 
-__all__ = ["ADAPTERS", "BACKENDS", "DTYPES", "Adapter", "ArrayApiStrictAdapter", "Backend", "BackendError",
-           "CupyAdapter", "JaxAdapter", "NumpyAdapter", "TorchAdapter", "adapter_for", "available", "backend_of",
-           "default_backend_name", "device_name", "dtype_name", "from_numpy", "limit_blas_threads", "namespace",
-           "on_gpu", "register", "resolve", "split_spec", "synchronize", "to_numpy", "to_numpy_dtype", "transfer",
-           "wants_gpu"]
+__all__ = ["ADAPTERS", "BACKENDS", "DTYPES", "Adapter", "Array", "ArrayApiStrictAdapter", "Backend", "BackendError",
+           "CupyAdapter", "JaxAdapter", "Namespace", "NumpyAdapter", "TorchAdapter", "adapter_for", "available",
+           "backend_of", "default_backend_name", "device_name", "dtype_name", "from_numpy", "limit_blas_threads",
+           "namespace", "on_gpu", "register", "resolve", "split_spec", "synchronize", "to_numpy", "to_numpy_dtype",
+           "transfer", "wants_gpu"]

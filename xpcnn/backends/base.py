@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 import numpy as np
+
+if TYPE_CHECKING:
+    from xpcnn.training.executors.base import StepExecutor
+
+Array = Any
+"""An array of any array-API library (NumPy, CuPy, PyTorch, JAX, array-api-strict)."""
+
+Namespace = Any
+"""An array-API namespace (``array_api_compat``'s wrapper of one of those libraries, or the library itself)."""
 
 DTYPES = ("float32", "float64")
 
@@ -39,7 +48,7 @@ class Adapter:
     compiles_by_default = False  # whether training compiles its steps unless told not to (--no-compile)
 
     # -- import and devices -----------------------------------------------------------------------
-    def load(self):
+    def load(self) -> Any:
         """The library's module, imported and configured; :class:`BackendError` naming the extra
         that installs it when the import fails."""
         try:
@@ -51,15 +60,15 @@ class Adapter:
         self.configure(module)
         return module
 
-    def configure(self, module) -> None:
+    def configure(self, module: Any) -> None:
         """Library-wide settings xpcnn relies on, applied at every :meth:`load` (default: none)."""
 
-    def resolve(self, module, device: str | None) -> tuple[Any, Any]:
+    def resolve(self, module: Any, device: str | None) -> tuple[Namespace, Any]:
         """(array namespace, device object) for a device string (None: the library's default
         device); :class:`BackendError` in one sentence when there is no such device here."""
         raise NotImplementedError
 
-    def device_name(self, device) -> str:
+    def device_name(self, device: Any) -> str:
         """A short printable name of one of its device objects ('cpu', 'cuda:0', 'device1')."""
         return str(device)
 
@@ -67,21 +76,21 @@ class Adapter:
         """How many CUDA GPUs the library sees here (0 without any, or without the library)."""
         return 0
 
-    def nccl_device(self, device) -> int | None:
+    def nccl_device(self, device: Any) -> int | None:
         """The CUDA device index of ``device`` when its arrays can go to the NCCL reduction (they
         cross to CuPy by DLPack), else None."""
         return None
 
     # -- arrays -----------------------------------------------------------------------------------
-    def owns(self, x) -> bool:
+    def owns(self, x: Any) -> bool:
         """Whether ``x`` is one of this library's arrays."""
         raise NotImplementedError
 
-    def to_numpy(self, x) -> np.ndarray:
+    def to_numpy(self, x: Array) -> np.ndarray:
         """One of its arrays -> a host NumPy array (a copy where the data is on a device)."""
         return np.asarray(x)
 
-    def from_numpy(self, host_array: np.ndarray, backend: Backend):
+    def from_numpy(self, host_array: np.ndarray, backend: Backend) -> Array:
         """A host NumPy array (already in the wanted dtype) -> an array on ``backend.device``."""
         return backend.xp.asarray(host_array, device=backend.device)
 
@@ -95,7 +104,7 @@ class Adapter:
         (default: it has none to limit; BLAS's are :func:`limit_blas_threads`'s)."""
         return contextlib.nullcontext()
 
-    def compiled_executor(self, backend: Backend):
+    def compiled_executor(self, backend: Backend) -> StepExecutor | None:
         """A step executor that runs each training step compiled by the library's own compiler
         (:mod:`xpcnn.training.executors.compiled`), or None where it has none."""
         return None
@@ -124,7 +133,7 @@ class Backend:
     """A resolved backend: its name, its array namespace and a device object."""
 
     name: str
-    xp: Any
+    xp: Namespace
     device: Any
 
     @property
@@ -136,13 +145,13 @@ class Backend:
     def label(self) -> str:
         return f"{self.name}:{device_name(self.device)}"
 
-    def dtype(self, name: str):
+    def dtype(self, name: str) -> Any:
         """The namespace's dtype object for ``'float32'`` / ``'float64'``."""
         if name not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
         return getattr(self.xp, name)
 
-    def asarray(self, host_array, dtype: str | None = None):
+    def asarray(self, host_array: Any, dtype: str | None = None) -> Array:
         """Host NumPy array -> this backend's device, optionally cast first on the host."""
         return from_numpy(host_array, self, dtype)
 
@@ -190,11 +199,11 @@ def available(specs: Iterable[str] | None = None) -> list[str]:
     return result
 
 
-def _owner(x) -> Adapter | None:
+def _owner(x: Any) -> Adapter | None:
     return next((adapter for adapter in ADAPTERS.values() if adapter.owns(x)), None)
 
 
-def backend_of(x) -> Backend:
+def backend_of(x: Array) -> Backend:
     """The :class:`Backend` an existing array lives on."""
     xp = array_api_compat.array_namespace(x)
     owner = _owner(x)
@@ -203,7 +212,7 @@ def backend_of(x) -> Backend:
     return Backend(owner.name, xp, array_api_compat.device(x))
 
 
-def device_name(device) -> str:
+def device_name(device: Any) -> str:
     """A short printable name of a device object ('cpu', 'cuda:0', 'device1'), read from the
     device's own attributes (each library names its devices differently: its adapter knows how)."""
     if isinstance(device, str):  # numpy's "cpu"
@@ -215,7 +224,7 @@ def device_name(device) -> str:
     return str(device)
 
 
-def namespace(*arrays, where: str = "xpcnn"):
+def namespace(*arrays: Array | None, where: str = "xpcnn") -> Namespace:
     """``array_namespace(*arrays)``, with one clear error if they come from two
     libraries or two devices.  ``where`` names the caller in that message."""
     present = [a for a in arrays if a is not None]
@@ -234,12 +243,12 @@ def namespace(*arrays, where: str = "xpcnn"):
     return xp
 
 
-def on_gpu(x) -> bool:
+def on_gpu(x: Array) -> bool:
     """Whether an array lives on a CUDA device (CuPy, PyTorch or JAX on a GPU)."""
     return device_name(array_api_compat.device(x)).startswith("cuda")
 
 
-def to_numpy(x) -> np.ndarray:
+def to_numpy(x: Array) -> np.ndarray:
     """Any supported array -> a host NumPy array (a copy where the data is on a device)."""
     if isinstance(x, np.ndarray):
         return x
@@ -247,7 +256,7 @@ def to_numpy(x) -> np.ndarray:
     return owner.to_numpy(x) if owner is not None else np.asarray(x)
 
 
-def from_numpy(host_array, backend: Backend, dtype: str | None = None):
+def from_numpy(host_array: Any, backend: Backend, dtype: str | None = None) -> Array:
     """Host array -> ``backend``'s device.  A dtype cast happens on the host first, so
     every backend receives bit-identical values."""
     host_array = np.asarray(host_array)
@@ -256,7 +265,7 @@ def from_numpy(host_array, backend: Backend, dtype: str | None = None):
     return backend.adapter.from_numpy(host_array, backend)
 
 
-def transfer(x, backend: Backend, dtype: str | None = None):
+def transfer(x: Array, backend: Backend, dtype: str | None = None) -> Array:
     """Move an array to another backend/device.  Uses DLPack when both sides are
     CUDA arrays (no host round trip), otherwise goes through host NumPy."""
     source = backend_of(x)
@@ -274,7 +283,7 @@ def transfer(x, backend: Backend, dtype: str | None = None):
     return from_numpy(to_numpy(x), backend, dtype)
 
 
-def synchronize(backend: Backend, *arrays) -> None:
+def synchronize(backend: Backend, *arrays: Array) -> None:
     """Wait until the device has finished the work queued so far (CuPy, PyTorch on CUDA) or that
     produces ``arrays`` (JAX, which dispatches asynchronously on every device).  For timing only:
     training itself never waits (see :mod:`xpcnn.training`)."""
@@ -282,7 +291,7 @@ def synchronize(backend: Backend, *arrays) -> None:
 
 
 @contextlib.contextmanager
-def limit_blas_threads(backend: Backend, threads: int = 1):
+def limit_blas_threads(backend: Backend, threads: int = 1) -> Iterator[None]:
     """While the block runs: ``threads`` BLAS threads per calling thread (NumPy's OpenBLAS and
     similar, via threadpoolctl) and ``threads`` of the library's own intra-op threads (PyTorch's
     ``torch.set_num_threads``: :meth:`Adapter.limit_threads`).  For executors that run several
@@ -294,12 +303,12 @@ def limit_blas_threads(backend: Backend, threads: int = 1):
         yield
 
 
-def dtype_name(x) -> str:
+def dtype_name(x: Array) -> str:
     """'float32', 'float64', 'int64', ... for an array of any backend."""
     return to_numpy_dtype(x).name
 
 
-def to_numpy_dtype(x) -> np.dtype:
+def to_numpy_dtype(x: Array) -> np.dtype:
     """The NumPy dtype of an array of any backend (``torch.float32``, ``array_api_strict.float64``
     and plain ``float32`` all name theirs last)."""
     return np.dtype(str(x.dtype).rpartition(".")[2])

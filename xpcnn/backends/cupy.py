@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import array_api_compat
+from typing import Any
 
-from xpcnn.backends.base import Adapter, BackendError
+import array_api_compat
+import numpy as np
+
+from xpcnn.backends.base import Adapter, Array, Backend, BackendError, Namespace
 
 
 class CupyAdapter(Adapter):
@@ -14,7 +17,7 @@ class CupyAdapter(Adapter):
     device_modules = ("cupy", "cupy_backends")
     runs_on_cpu = False
 
-    def resolve(self, module, device):
+    def resolve(self, module: Any, device: str | None) -> tuple[Namespace, Any]:
         try:
             count = module.cuda.runtime.getDeviceCount()
         except Exception as exc:
@@ -27,7 +30,7 @@ class CupyAdapter(Adapter):
             raise BackendError(f"cupy sees {count} CUDA device(s); {wanted!r} does not exist")
         return array_api_compat.array_namespace(module.empty(0)), module.cuda.Device(index)
 
-    def device_name(self, device) -> str:
+    def device_name(self, device: Any) -> str:
         return f"cuda:{device.id}"
 
     def gpu_count(self) -> int:
@@ -35,18 +38,18 @@ class CupyAdapter(Adapter):
 
         return cupy.cuda.runtime.getDeviceCount()
 
-    def nccl_device(self, device) -> int | None:
+    def nccl_device(self, device: Any) -> int | None:
         return device.id
 
-    def owns(self, x) -> bool:
+    def owns(self, x: Any) -> bool:
         return array_api_compat.is_cupy_array(x)
 
-    def to_numpy(self, x):
+    def to_numpy(self, x: Array) -> np.ndarray:
         return x.get()
 
-    def from_numpy(self, host_array, backend):
+    def from_numpy(self, host_array: np.ndarray, backend: Backend) -> Array:
         with backend.device:
             return backend.xp.asarray(host_array)
 
-    def synchronize(self, backend, arrays) -> None:
+    def synchronize(self, backend: Backend, arrays: tuple) -> None:
         backend.device.synchronize()

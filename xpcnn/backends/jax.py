@@ -3,9 +3,15 @@ told not to (measured: docs/performance.md)."""
 
 from __future__ import annotations
 
-import array_api_compat
+from typing import TYPE_CHECKING, Any
 
-from xpcnn.backends.base import Adapter, BackendError
+import array_api_compat
+import numpy as np
+
+from xpcnn.backends.base import Adapter, Array, Backend, BackendError, Namespace
+
+if TYPE_CHECKING:
+    from xpcnn.training.executors.base import StepExecutor
 
 
 class JaxAdapter(Adapter):
@@ -15,7 +21,7 @@ class JaxAdapter(Adapter):
     device_modules = ("jax", "jaxlib")
     compiles_by_default = True
 
-    def configure(self, module) -> None:
+    def configure(self, module: Any) -> None:
         import jax
 
         jax.config.update("jax_enable_x64", True)  # float64 must mean float64
@@ -23,7 +29,7 @@ class JaxAdapter(Adapter):
         # mantissas) by default, 3e-3 relative error (measured on an H100, docs/performance.md).
         jax.config.update("jax_default_matmul_precision", "highest")
 
-    def resolve(self, module, device):
+    def resolve(self, module: Any, device: str | None) -> tuple[Namespace, Any]:
         import jax
 
         wanted = device or "cpu"
@@ -33,12 +39,12 @@ class JaxAdapter(Adapter):
             devices = jax.devices(platform)
         except RuntimeError:
             raise BackendError(f"jax has no {wanted!r} device here; install jax with CUDA support or use cpu") from None
-        index = int(index or 0)
-        if index >= len(devices):
+        number = int(index or 0)
+        if number >= len(devices):
             raise BackendError(f"jax sees {len(devices)} {platform} device(s); {wanted!r} does not exist")
-        return module, devices[index]
+        return module, devices[number]
 
-    def device_name(self, device) -> str:
+    def device_name(self, device: Any) -> str:
         return "cpu" if device.platform == "cpu" else f"cuda:{device.id}"
 
     def gpu_count(self) -> int:
@@ -46,21 +52,21 @@ class JaxAdapter(Adapter):
 
         return len(jax.devices("gpu"))
 
-    def owns(self, x) -> bool:
+    def owns(self, x: Any) -> bool:
         return array_api_compat.is_jax_array(x)
 
-    def from_numpy(self, host_array, backend):
+    def from_numpy(self, host_array: np.ndarray, backend: Backend) -> Array:
         import jax
 
         return jax.device_put(host_array, backend.device)
 
-    def synchronize(self, backend, arrays) -> None:
+    def synchronize(self, backend: Backend, arrays: tuple) -> None:
         if arrays:
             import jax
 
             jax.block_until_ready(arrays)
 
-    def compiled_executor(self, backend):
+    def compiled_executor(self, backend: Backend) -> StepExecutor | None:
         from xpcnn.training.executors.jax_jit import JaxJitStep
 
         return JaxJitStep()

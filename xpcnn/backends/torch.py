@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 import numpy as np
 
-from xpcnn.backends.base import Adapter, BackendError
+from xpcnn.backends.base import Adapter, Array, Backend, BackendError, Namespace
+
+if TYPE_CHECKING:
+    from xpcnn.training.executors.base import StepExecutor
 
 
 class TorchAdapter(Adapter):
@@ -16,7 +21,7 @@ class TorchAdapter(Adapter):
     install = "the 'torch' extra: pip install 'xpcnn[torch]'"
     device_modules = ("torch",)
 
-    def resolve(self, module, device):
+    def resolve(self, module: Any, device: str | None) -> tuple[Namespace, Any]:
         wanted = device or "cpu"
         if wanted.startswith("cuda"):
             if not module.cuda.is_available():
@@ -29,7 +34,7 @@ class TorchAdapter(Adapter):
             raise BackendError(f"torch device must be cpu, cuda or cuda:N, got {wanted!r}")
         return array_api_compat.array_namespace(module.empty(0)), module.device(wanted)
 
-    def device_name(self, device) -> str:
+    def device_name(self, device: Any) -> str:
         return device.type if device.index is None else f"{device.type}:{device.index}"
 
     def gpu_count(self) -> int:
@@ -37,16 +42,16 @@ class TorchAdapter(Adapter):
 
         return torch.cuda.device_count()
 
-    def nccl_device(self, device) -> int | None:
+    def nccl_device(self, device: Any) -> int | None:
         return (device.index or 0) if device.type == "cuda" else None
 
-    def owns(self, x) -> bool:
+    def owns(self, x: Any) -> bool:
         return array_api_compat.is_torch_array(x)
 
-    def to_numpy(self, x) -> np.ndarray:
+    def to_numpy(self, x: Array) -> np.ndarray:
         return x.detach().cpu().numpy()
 
-    def from_numpy(self, host_array, backend):
+    def from_numpy(self, host_array: np.ndarray, backend: Backend) -> Array:
         import torch
 
         host_array = np.ascontiguousarray(host_array)
@@ -54,14 +59,14 @@ class TorchAdapter(Adapter):
             host_array = host_array.copy()
         return torch.from_numpy(host_array).to(backend.device)
 
-    def synchronize(self, backend, arrays) -> None:
+    def synchronize(self, backend: Backend, arrays: tuple) -> None:
         if backend.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize(backend.device)
 
     @contextlib.contextmanager
-    def limit_threads(self, threads: int):
+    def limit_threads(self, threads: int) -> Iterator[None]:
         import torch
 
         before = torch.get_num_threads()
@@ -71,7 +76,7 @@ class TorchAdapter(Adapter):
         finally:
             torch.set_num_threads(before)
 
-    def compiled_executor(self, backend):
+    def compiled_executor(self, backend: Backend) -> StepExecutor | None:
         if backend.device.type != "cuda":
             return None
         from xpcnn.training.executors.cuda_graph import TorchGraphStep

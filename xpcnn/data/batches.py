@@ -3,14 +3,16 @@ backend sees the same batches), and moving a host batch to the device."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from xpcnn.backends import Backend, from_numpy
+from xpcnn.backends import Array, Backend, from_numpy
 from xpcnn.data.dataset import DataError
 from xpcnn.data.transforms import device_normalize
 
 
-def to_batch(images: np.ndarray, backend: Backend, dtype: str, normalize=None):
+def to_batch(images: np.ndarray, backend: Backend, dtype: str, normalize: Any = None) -> Array:
     """Host images (N, C, H, W) -> ``dtype`` on ``backend``: uint8 scaled to [0, 1], float32 as
     given; then, with ``normalize=(mean[C], std[C])`` (see :func:`~xpcnn.data.transforms.channel_stats`),
     (x - mean) / std per channel.  Only the host batch crosses to the device; scaling and normalising
@@ -30,7 +32,7 @@ def to_batch(images: np.ndarray, backend: Backend, dtype: str, normalize=None):
     return batch
 
 
-def targets_to_batch(targets: np.ndarray, backend: Backend, dtype: str):
+def targets_to_batch(targets: np.ndarray, backend: Backend, dtype: str) -> Array:
     """Host targets -> device: float targets in ``dtype``, integer labels as int64."""
     return from_numpy(targets, backend, dtype if targets.dtype.kind == "f" else None)
 

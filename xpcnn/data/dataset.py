@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 VALIDATION_HOLDOUT = 5000  # at most this many (10%) of the last training images validate
 LAYOUTS = ("auto", "nchw", "nhwc")
@@ -58,7 +59,7 @@ class Dataset:
     image_shape: tuple = ()  # () (or None): from the images
     class_names: tuple | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         splits = [s for s in (self.train, self.validation, self.test) if s is not None]
         if not self.image_shape:
             self.image_shape = tuple(int(d) for d in next((s for s in splits if len(s)), self.train).images.shape[1:])
@@ -96,7 +97,8 @@ def check_classes(classes: object, where: str) -> None:
         raise DataError(f"{where}: classes must be an integer >= 2, got {classes!r}")
 
 
-def validate(images, labels, where: str, layout: str = "auto", classes: int | None = None) -> Split:
+def validate(images: ArrayLike, labels: ArrayLike, where: str, layout: str = "auto",
+             classes: int | None = None) -> Split:
     """Check images ((N, H, W): one channel; (N, C, H, W) or (N, H, W, C): see :func:`resolve_layout`)
     and labels ((N,) or (N, 1) integers >= 0, below ``classes`` if given) and return the canonical
     Split: images (N, C, H, W) uint8 or float32, labels int64.  Float images must be finite (kept as
@@ -115,7 +117,7 @@ def validate(images, labels, where: str, layout: str = "auto", classes: int | No
     if 0 in images.shape[1:]:
         raise DataError(f"{where}: images have an empty dimension: shape {images.shape}")
     if images.dtype.kind == "f":
-        def first_bad(array):  # index of the first image with a non-finite value, or None
+        def first_bad(array: np.ndarray) -> int | None:  # index of the first image with a non-finite value, or None
             bad = ~np.isfinite(array).reshape(len(array), -1).all(axis=1) if len(array) else np.zeros(0, bool)
             return int(np.argmax(bad)) if bad.any() else None
 

@@ -5,6 +5,7 @@ every backend, and a resumed run, sees the same images."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def channel_stats(split: Split | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float64), std.astype(np.float64)
 
 
-def check_normalize(normalize, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def check_normalize(normalize: Any, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) as float64 arrays of ``channels`` finite numbers, std > 0; else a one-line DataError."""
     try:
         mean, std = normalize
@@ -70,7 +71,7 @@ def check_normalize(normalize, channels: int) -> tuple[np.ndarray, np.ndarray]:
 _NORMALIZE_CACHE: dict = {}
 
 
-def device_normalize(normalize, channels: int, backend: Backend, dtype: str) -> tuple:
+def device_normalize(normalize: Any, channels: int, backend: Backend, dtype: str) -> tuple:
     """(mean, std) shaped (1, C, 1, 1) in ``dtype`` on ``backend``: checked by :func:`check_normalize`,
     cast on the host, transferred once per (backend, dtype, numbers)."""
     mean, std = check_normalize(normalize, channels)

@@ -9,6 +9,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +21,7 @@ class Job:
     """What a distributed entry point needs besides the executor: this rank's place, a shared
     checkpoint without a shared filesystem, and an exit that never leaves another rank hanging."""
 
-    def __init__(self, comm=None):
+    def __init__(self, comm: Any = None) -> None:
         self.MPI = mpi()
         base = comm if comm is not None else self.MPI.COMM_WORLD
         self.comm = base.Dup()
@@ -90,7 +92,7 @@ class Job:
         self.temp_files = []
 
 
-def run_job(main, prog: str = "xpcnn", timeout: float = 10.0) -> int:
+def run_job(main: Callable[[Job], int | None], prog: str = "xpcnn", timeout: float = 10.0) -> int:
     """Run ``main(job)`` on every rank and return its exit status, never leaving a rank hanging:
 
     * mpi4py missing: one line naming the extra, status 2 (no MPI needed for that);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from xpcnn.backends import adapter_for, wants_gpu
 
@@ -13,7 +14,7 @@ class MPIUnavailable(RuntimeError):
     """mpi4py or its MPI library cannot be loaded; the message names the extra to install."""
 
 
-def mpi():
+def mpi() -> Any:
     """The ``mpi4py.MPI`` module, imported (and MPI initialised, thread level "serialized") on
     first use.  Raises :class:`MPIUnavailable`."""
     try:
@@ -33,7 +34,7 @@ def mpi():
     return MPI
 
 
-def local_rank(comm) -> tuple[int, int]:
+def local_rank(comm: Any) -> tuple[int, int]:
     """(rank, size) among the ranks on this machine: a shared-memory split of ``comm``."""
     MPI = mpi()
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)

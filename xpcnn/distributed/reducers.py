@@ -23,16 +23,17 @@ The host paths never hand a device pointer to MPI: the ``mpich`` wheel is not CU
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
-from xpcnn.backends import from_numpy, to_numpy
+from xpcnn.backends import Array, Backend, from_numpy, to_numpy
 from xpcnn.distributed.mpi import local_rank, mpi
 
 REDUCTIONS = ("gather", "allreduce", "nccl")
 
 
-def rank_order_sum(rows, used: int):
+def rank_order_sum(rows: Array, used: int) -> Array:
     """rows[0] + rows[1] + ... + rows[used - 1], left to right (a new array, host or device)."""
     total = rows[0].copy() if used == 1 else rows[0] + rows[1]
     for row in range(2, used):  # left fold in rank order: ((g0 + g1) + g2) + ...
@@ -51,11 +52,11 @@ class Reducer:
 
     label = ""  # how DataParallelStep.describe() names it (after "over N MPI ranks")
 
-    def __init__(self, comm, backend, layout: list, count: int, dtype: str):
+    def __init__(self, comm: Any, backend: Backend, layout: list, count: int, dtype: str) -> None:
         self.comm, self.backend, self.layout, self.count = comm, backend, layout, count
         self.dtype = np.dtype(dtype)
 
-    def pack(self, grads: list | None, loss) -> None:
+    def pack(self, grads: list | None, loss: Array) -> None:
         raise NotImplementedError
 
     def exchange(self, used: int) -> tuple[list, object]:
@@ -74,7 +75,7 @@ class Reducer:
 class HostReducer(Reducer):
     """Through host memory: the vector is a NumPy array, the total is unpacked to the device."""
 
-    def _pack_into(self, vector: np.ndarray, grads: list | None, loss) -> None:
+    def _pack_into(self, vector: np.ndarray, grads: list | None, loss: Array) -> None:
         if grads is None:
             vector[:] = 0
             return
@@ -101,11 +102,11 @@ class GatherReducer(HostReducer):
         """Until every rank's row is in ``rows`` here."""
         raise NotImplementedError
 
-    def pack(self, grads, loss) -> None:
+    def pack(self, grads: list | None, loss: Array) -> None:
         self.rows = self._next_rows()
         self._pack_into(self.rows[self.comm.rank], grads, loss)
 
-    def exchange(self, used):
+    def exchange(self, used: int) -> tuple[list, Array]:
         self._meet(self.rows)
         return self._unpack(rank_order_sum(self.rows, used))
 
@@ -113,14 +114,14 @@ class GatherReducer(HostReducer):
 class AllgatherReducer(GatherReducer):
     """The gather across machines: ``Allgather`` fills the rows in place."""
 
-    def __init__(self, comm, backend, layout, count, dtype):
+    def __init__(self, comm: Any, backend: Backend, layout: list, count: int, dtype: str) -> None:
         super().__init__(comm, backend, layout, count, dtype)
         self.buffer = np.zeros((comm.size, count), self.dtype)
 
     def _next_rows(self) -> np.ndarray:
         return self.buffer
 
-    def _meet(self, rows) -> None:
+    def _meet(self, rows: np.ndarray) -> None:
         self.comm.Allgather(mpi().IN_PLACE, rows)
 
 
@@ -134,7 +135,7 @@ class SharedMemoryReducer(GatherReducer):
 
     label = ", shared memory"
 
-    def __init__(self, comm, backend, layout, count, dtype):
+    def __init__(self, comm: Any, backend: Backend, layout: list, count: int, dtype: str) -> None:
         super().__init__(comm, backend, layout, count, dtype)
         MPI = mpi()
         total = 2 * comm.size * count
@@ -151,7 +152,7 @@ class SharedMemoryReducer(GatherReducer):
         rows, self.turn = self.sets[self.turn], 1 - self.turn
         return rows
 
-    def _meet(self, rows) -> None:  # every rank has written its row, and its writes are visible here
+    def _meet(self, rows: np.ndarray) -> None:  # every rank has written its row, and its writes are visible here
         self.window.Sync()
         self.comm.Barrier()
         self.window.Sync()
@@ -174,14 +175,14 @@ class AllreduceReducer(HostReducer):
 
     label = ", Allreduce"
 
-    def __init__(self, comm, backend, layout, count, dtype):
+    def __init__(self, comm: Any, backend: Backend, layout: list, count: int, dtype: str) -> None:
         super().__init__(comm, backend, layout, count, dtype)
         self.send = np.zeros(count, self.dtype)
 
-    def pack(self, grads, loss) -> None:
+    def pack(self, grads: list | None, loss: Array) -> None:
         self._pack_into(self.send, grads, loss)
 
-    def exchange(self, used):
+    def exchange(self, used: int) -> tuple[list, Array]:
         total = np.empty_like(self.send)
         self.comm.Allreduce(self.send, total, op=mpi().SUM)
         return self._unpack(total)
@@ -198,7 +199,7 @@ class NcclReducer(Reducer):
 
     label = ", NCCL"
 
-    def __init__(self, comm, backend, layout, count, dtype):
+    def __init__(self, comm: Any, backend: Backend, layout: list, count: int, dtype: str) -> None:
         import cupy
         from cupy.cuda import nccl
 
@@ -217,7 +218,7 @@ class NcclReducer(Reducer):
             self.recv = cupy.empty((comm.size, count), dtype)
         self.datatype = nccl.NCCL_FLOAT32 if dtype == "float32" else nccl.NCCL_FLOAT64
 
-    def pack(self, grads, loss) -> None:
+    def pack(self, grads: list | None, loss: Array) -> None:
         with self.device:
             if grads is None:
                 self.send.fill(0)
@@ -225,7 +226,7 @@ class NcclReducer(Reducer):
                 parts = [self.cupy.from_dlpack(g).reshape(-1) for g in grads] + [self.cupy.from_dlpack(loss).reshape(1)]
                 self.cupy.concatenate(parts, out=self.send)
 
-    def exchange(self, used):
+    def exchange(self, used: int) -> tuple[list, Array]:
         with self.device:
             stream = self.cupy.cuda.get_current_stream()
             self.nccl.allGather(self.send.data.ptr, self.recv.data.ptr, self.count, self.datatype, stream.ptr)
@@ -245,7 +246,7 @@ def reducer_class(reduction: str, shared_memory: bool | None) -> type[Reducer]:
     return {"allreduce": AllreduceReducer, "nccl": NcclReducer}[reduction]
 
 
-def make_reducer(reduction: str, shared_memory: bool | None, comm, backend, layout: list, count: int,
+def make_reducer(reduction: str, shared_memory: bool | None, comm: Any, backend: Backend, layout: list, count: int,
                  dtype: str) -> Reducer:
     """A collective, every rank alike.  ``shared_memory`` (the gather): True, False, or None for the
     shared-memory window exactly when every rank runs on this machine."""

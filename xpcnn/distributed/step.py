@@ -7,13 +7,15 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xpcnn.backends import from_numpy, limit_blas_threads
+from xpcnn.backends import Array, Backend, from_numpy, limit_blas_threads
 from xpcnn.data import targets_to_batch, to_batch
 from xpcnn.distributed.mpi import mpi
-from xpcnn.distributed.reducers import REDUCTIONS, make_reducer, reducer_class
+from xpcnn.distributed.reducers import REDUCTIONS, Reducer, make_reducer, reducer_class
 from xpcnn.training.executors import (
     SplitStep,
     StepExecutor,
@@ -22,6 +24,12 @@ from xpcnn.training.executors import (
     refuse_empty_batch,
     share_bounds,
 )
+
+if TYPE_CHECKING:
+    from xpcnn.nn.losses import Loss
+    from xpcnn.nn.sequential import Sequential
+    from xpcnn.optim import Optimizer
+    from xpcnn.training.trainer import Trainer
 
 
 class RankMismatch(RuntimeError):
@@ -41,8 +49,8 @@ class DataParallelStep(StepExecutor):
     shared-memory window (True), through ``Allgather`` (False), or None: the window when every
     rank is on one machine.  The same sum either way, bit for bit."""
 
-    def __init__(self, comm=None, reduction: str = "gather", chunk: int | None = None,
-                 shared_memory: bool | None = None):
+    def __init__(self, comm: Any = None, reduction: str = "gather", chunk: int | None = None,
+                 shared_memory: bool | None = None) -> None:
         if reduction not in REDUCTIONS:
             raise ValueError(f"DataParallelStep: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
@@ -54,8 +62,8 @@ class DataParallelStep(StepExecutor):
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self.rank, self.size = self.comm.rank, self.comm.size
         self.reduction, self.chunk, self.shared_memory = reduction, chunk, shared_memory
-        self.reducer = None  # the gradient exchange (reducers.py), made at the first step
-        self._stale = None  # the reducer of an earlier bind, freed at the next first step
+        self.reducer: Reducer | None = None  # the gradient exchange (reducers.py), made at the first step
+        self._stale: Reducer | None = None  # the reducer of an earlier bind, freed at the next first step
         self.signal = 0  # set by a signal handler (the CLI's): which signal asked to stop
         self.agreed_signal = 0  # after should_stop said True: the largest signal number any rank got
         self.comm_seconds, self.comm_steps = 0.0, 0  # time spent in the reduction, for bench.py
@@ -63,13 +71,13 @@ class DataParallelStep(StepExecutor):
         # not the wait for a slower rank (it costs a few microseconds a step; off in training).
         self.timing_barrier = False
         self._flag, self._flags = np.zeros(1, np.int32), np.zeros(1, np.int32)
-        self.local = None
+        self.local: SplitStep | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def bind(self, model, loss_fn, optimizer, backend, dtype):
+    def bind(self, model: Sequential, loss_fn: Loss, optimizer: Optimizer, backend: Backend, dtype: str) -> None:
         refuse_batch_statistics(model, "DataParallelStep", "--distributed")
         super().bind(model, loss_fn, optimizer, backend, dtype)
         self.layout, offset = [], 0  # (layer index, name, shape, offset, size), in parameter order
@@ -96,7 +104,7 @@ class DataParallelStep(StepExecutor):
             raise ValueError(f"DataParallelStep: reduction 'nccl' needs cupy or torch:cuda ranks, not {backend.label}")
 
     @contextlib.contextmanager
-    def running(self):
+    def running(self) -> Iterator[StepExecutor]:
         if "cuda" in self.backend.label:
             yield self
             return
@@ -106,7 +114,7 @@ class DataParallelStep(StepExecutor):
             yield self
 
     # -- one step ---------------------------------------------------------------------------------
-    def to_device(self, images, targets, noise: dict | None = None):
+    def to_device(self, images: np.ndarray, targets: np.ndarray, noise: dict | None = None) -> tuple:
         """This rank's share of the batch (and of the step's Dropout noise, drawn for the whole batch)."""
         refuse_empty_batch(images, type(self).__name__)
         n = len(images)
@@ -119,7 +127,7 @@ class DataParallelStep(StepExecutor):
         return (to_batch(images[lo:hi], self.backend, self.dtype, normalize=self.normalize),
                 targets_to_batch(targets[lo:hi], self.backend, self.dtype), n, len(shares), lo, hi, noise)
 
-    def _share_gradients(self, x, y, n, lo, hi, noise=None):
+    def _share_gradients(self, x: Array, y: Array, n: int, lo: int, hi: int, noise: dict | None = None) -> Array:
         """This rank's weighted loss, leaving its weighted gradients in the model's layers."""
         weight = (hi - lo) / n
         if self.local is None:  # exactly SplitStep.gradients' arithmetic for one share
@@ -129,7 +137,7 @@ class DataParallelStep(StepExecutor):
             layer.grads = {name: grad * weight for name, grad in layer.grads.items()}
         return loss
 
-    def step(self, batch):
+    def step(self, batch: tuple) -> Array:
         x, y, n, used, lo, hi, noise = batch
         loss = self._share_gradients(x, y, n, lo, hi, noise) if x is not None else None
         if self.reducer is None:  # the first step, where every rank is sure to be (collectives)
@@ -153,7 +161,7 @@ class DataParallelStep(StepExecutor):
         self.optimizer.step(self.model)
         return loss
 
-    def _set_grads(self, values) -> None:
+    def _set_grads(self, values: list) -> None:
         grads: dict[int, dict] = {}
         for (index, name, _, _, _), value in zip(self.layout, values):
             grads.setdefault(index, {})[name] = value
@@ -181,7 +189,7 @@ class DataParallelStep(StepExecutor):
         return [part for rank_parts in self.comm.allgather(parts) for part in rank_parts]
 
     # -- start-up agreement ----------------------------------------------------------------------
-    def check_same_run(self, trainer) -> None:
+    def check_same_run(self, trainer: Trainer) -> None:
         """Raise :class:`RankMismatch` (on every rank alike) unless every rank runs the same
         configuration on the same backend and starts from the same parameters, optimizer state and
         position in the run.  A collective: every rank must call it."""
@@ -217,7 +225,7 @@ class DataParallelStep(StepExecutor):
         return f"data-parallel over {self.size} MPI rank{'s' if self.size != 1 else ''}{how}{chunk}"
 
 
-def fingerprint(trainer) -> dict:
+def fingerprint(trainer: Trainer) -> dict:
     """sha256 of the run's configuration (canonical JSON, with the backend's name but not its device
     index) and of its state: parameters, optimizer state, epoch, step and random generator."""
     config = json.dumps({"config": trainer.config.__dict__, "backend": trainer.backend.name,

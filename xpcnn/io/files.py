@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
 
 
 def _umask() -> int:
@@ -19,7 +21,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """``with atomic_write(path) as handle: handle.write(...)``.
 
     The file ends with the permissions a plain ``open(path, "w")`` would give a new file,
@@ -43,7 +45,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         raise
 
 
-def write_json(path, data) -> None:
+def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_write(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=False)
         handle.write("\n")

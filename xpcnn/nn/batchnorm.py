@@ -48,7 +48,7 @@ class _BatchNorm(Layer):
     SIZE_NAME = ""  # the constructor's name for the number of features
     LAYOUT = ""  # the input's shape, with the size filled in ({size})
 
-    def __init__(self, size: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, size: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.size = integer(size, self.SIZE_NAME, self.name, 1)
         self.eps = number(eps, "eps", self.name)
@@ -130,7 +130,7 @@ class BatchNorm2D(_BatchNorm):
     SIZE_NAME = "channels"
     LAYOUT = "(N, {size}, H, W)"
 
-    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__(channels, eps, momentum)
 
 
@@ -142,7 +142,7 @@ class BatchNorm1D(_BatchNorm):
     SIZE_NAME = "features"
     LAYOUT = "(N, {size})"
 
-    def __init__(self, features: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__(features, eps, momentum)
 
 

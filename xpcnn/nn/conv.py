@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import array_api_extra as xpx
 from array_api_compat import device as device_of
 
-from xpcnn.backends import Backend, device_name, namespace, on_gpu
+from xpcnn.backends import Array, Backend, Namespace, device_name, namespace, on_gpu
 from xpcnn.nn import init as initialisers
 from xpcnn.nn.base import Layer, Token, check_dtype, check_input, register, shape_error
 from xpcnn.nn.im2col import col2im, conv_columns, gather_columns, gather_index, output_size
@@ -40,7 +40,7 @@ class Conv2D(Layer):
     IM2COL = ("auto", "slices", "gather")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int = 1,
-                 padding: int = 0, bias: bool = True, init: str = "he", rng: Any = 0, im2col: str = "auto"):
+                 padding: int = 0, bias: bool = True, init: str = "he", rng: Any = 0, im2col: str = "auto") -> None:
         super().__init__()
         if im2col not in self.IM2COL:
             raise ValueError(f"Conv2D: im2col must be one of {', '.join(self.IM2COL)}, got {im2col!r}")
@@ -113,7 +113,7 @@ class Conv2D(Layer):
         super().to(backend, device, dtype)
         return self
 
-    def _columns(self, xp, padded, out_h: int, out_w: int, ones_row: bool):
+    def _columns(self, xp: Namespace, padded: Array, out_h: int, out_w: int, ones_row: bool) -> Array:
         """[cols ; 1] of every image: :func:`conv_columns` or :func:`gather_columns` (see im2col)."""
         if self.im2col == "slices" or (self.im2col == "auto" and not on_gpu(padded)):
             return conv_columns(xp, padded, self.kh, self.kw, self.stride, out_h, out_w, ones_row)
@@ -124,7 +124,7 @@ class Conv2D(Layer):
                                                    self.kh, self.kw, self.stride, out_h, out_w, ones_row)
         return gather_columns(xp, padded, self._gather_index[key], out_h * out_w, ones_row)
 
-    def _filters_and_bias(self, xp):
+    def _filters_and_bias(self, xp: Namespace) -> Array:
         """[f | b]: the filters flattened to (out, C*kh*kw), the bias (if any) as one more column."""
         filters = xp.reshape(self.params["weight"], (self.out_channels, -1))
         if not self.bias:

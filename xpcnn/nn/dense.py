@@ -24,7 +24,8 @@ class Dense(Layer):
     Backward, with G = dE/dZ2: dE/dW = X^T.G, dE/db = sum of G over the batch, dE/dX = G.W^T.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "glorot", rng: Any = 0):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "glorot",
+                 rng: Any = 0) -> None:
         super().__init__()
         self.in_features = integer(in_features, "in_features", "Dense", 1)
         self.out_features = integer(out_features, "out_features", "Dense", 1)

@@ -35,7 +35,7 @@ class Dropout(Layer):
 
     TAKES_NOISE = True
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         self.p = within(number(p, "p", "Dropout"), "p (the probability of dropping an element)", "Dropout",
                         0, 1, high_open=True)

@@ -31,8 +31,13 @@ every new array is made on the input's device with its dtype.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import array_api_extra as xpx
 from array_api_compat import device as device_of
+
+from xpcnn.backends import Array, Namespace
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -40,20 +45,20 @@ def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def window(i: int, j: int, stride: int, out_h: int, out_w: int):
+def window(i: int, j: int, stride: int, out_h: int, out_w: int) -> tuple[slice, slice, slice, slice]:
     """The strided slice of a padded input that kernel offset (i, j) sees."""
     return (slice(None), slice(None),
             slice(i, i + stride * (out_h - 1) + 1, stride),
             slice(j, j + stride * (out_w - 1) + 1, stride))
 
 
-def _column_shifts(xp, x, kw: int, stride: int, out_w: int):
+def _column_shifts(xp: Namespace, x: Array, kw: int, stride: int, out_w: int) -> Array:
     """First pass of im2col: the kw column shifts of every row, (N, C, H, W) -> (N, C, kw, H, out_w)."""
     col_span = stride * (out_w - 1) + 1
     return xp.stack([x[:, :, :, j:j + col_span:stride] for j in range(kw)], axis=2)
 
 
-def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
+def im2col(xp: Namespace, x: Array, kh: int, kw: int, stride: int, out_h: int, out_w: int) -> Array:
     """The input patch under every kernel offset: x (N, C, H, W) -> (N, C, kh*kw, out_h, out_w),
     entry [n, c, i*kw + j, r, s] = x[n, c, r*stride + i, s*stride + j].
 
@@ -66,7 +71,8 @@ def im2col(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int):
                       (x.shape[0], x.shape[1], kh * kw, out_h, out_w))
 
 
-def conv_columns(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int, ones_row: bool):
+def conv_columns(xp: Namespace, x: Array, kh: int, kw: int, stride: int, out_h: int, out_w: int,
+                 ones_row: bool) -> Array:
     """im2col laid out for the convolution's product: (N, C*kh*kw [+ 1], out_h*out_w), row
     c*kh*kw + i*kw + j of image n holding x[n, c, r*stride + i, s*stride + j] over the output
     positions (r, s), and with ``ones_row`` a last row of ones that multiplies the bias.
@@ -80,13 +86,13 @@ def conv_columns(xp, x, kh: int, kw: int, stride: int, out_h: int, out_w: int, o
     return xp.concat(rows, axis=1)
 
 
-def gather_index(xp, device, channels: int, h: int, w: int, kh: int, kw: int, stride: int, out_h: int,
-                 out_w: int, ones_row: bool):
+def gather_index(xp: Namespace, device: Any, channels: int, h: int, w: int, kh: int, kw: int, stride: int,
+                 out_h: int, out_w: int, ones_row: bool) -> Array:
     """Where each entry of :func:`conv_columns` comes from in the flattened (C*H*W) input, for
     :func:`gather_columns`: row c*kh*kw + i*kw + j, column r*out_w + s holds position
     c*H*W + (r*stride + i)*W + s*stride + j; with ``ones_row`` a last row pointing at position
     C*H*W (the 1 that :func:`gather_columns` appends).  Shape ((C*kh*kw [+ 1]) * out_h*out_w,)."""
-    def ramp(count, step, shape):  # 0, step, 2*step, ... laid out in ``shape``
+    def ramp(count: int, step: int, shape: tuple[int, ...]) -> Array:  # 0, step, 2*step, ... laid out in ``shape``
         return xp.reshape(xp.arange(count, dtype=xp.int64, device=device) * step, shape)
 
     rows = ramp(channels, h * w, (-1, 1, 1)) + ramp(kh, w, (1, -1, 1)) + ramp(kw, 1, (1, 1, -1))
@@ -98,7 +104,7 @@ def gather_index(xp, device, channels: int, h: int, w: int, kh: int, kw: int, st
     return xp.reshape(index, (-1,))
 
 
-def gather_columns(xp, x, index, positions: int, ones_row: bool):
+def gather_columns(xp: Namespace, x: Array, index: Array, positions: int, ones_row: bool) -> Array:
     """:func:`conv_columns` as one gather (``take``) instead of strided slices and a ``concat``:
     (N, C, H, W) -> (N, C*kh*kw [+ 1], positions).  Fewer, larger operations, which is what a GPU
     wants (each costs 10-100 us of host time there); on a CPU the slices are 2-3x faster
@@ -110,12 +116,13 @@ def gather_columns(xp, x, index, positions: int, ones_row: bool):
     return xp.reshape(xp.take(flat, index, axis=1), (n, -1, positions))
 
 
-def col2im(xp, cols, padded_shape, kh: int, kw: int, stride: int):
+def col2im(xp: Namespace, cols: Array, padded_shape: tuple[int, ...], kh: int, kw: int, stride: int) -> Array:
     """Adjoint of :func:`im2col`: scatter-add each offset's slice back (array-api-extra ``at``)."""
     return add_windows(xp, [cols[:, :, k, ...] for k in range(kh * kw)], padded_shape, kh, kw, stride)
 
 
-def add_windows(xp, parts, padded_shape, kh: int, kw: int, stride: int):
+def add_windows(xp: Namespace, parts: Sequence[Array], padded_shape: tuple[int, ...], kh: int, kw: int,
+                stride: int) -> Array:
     """:func:`col2im` for the kh*kw offsets' (N, C, out_h, out_w) arrays given one by one, as
     pooling's backward makes them (no stacking copy first).  Windows that do not overlap
     (stride >= kh and kw) write each input position at most once: a plain ``set`` then, which

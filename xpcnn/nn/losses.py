@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from xpcnn.backends import namespace
+from xpcnn.backends import Array, Namespace, namespace
 
 
-def _check_pair(xp, output, target, name: str):
+def _check_pair(xp: Namespace, output: Array, target: Array, name: str) -> None:
     if not xp.isdtype(output.dtype, "real floating"):
         raise TypeError(f"{name}: expected floating-point outputs, got dtype {output.dtype}")
     if tuple(target.shape) != tuple(output.shape):
@@ -20,14 +20,14 @@ class MSELoss:
     """The article's squared error E = 1/2 (y - O)^2, summed over outputs and
     averaged over the batch.  dE/dO = (O - y) / N."""
 
-    def forward(self, output, target):
+    def forward(self, output: Array, target: Array) -> Array:
         xp = namespace(output, target, where="MSELoss.forward")
         _check_pair(xp, output, target, "MSELoss")
         target = xp.astype(target, output.dtype)
         self._diff, self._n = output - target, output.shape[0]
         return 0.5 * xp.sum(self._diff * self._diff) / self._n
 
-    def backward(self):
+    def backward(self) -> Array:
         return self._diff / self._n
 
     __call__ = forward
@@ -39,10 +39,10 @@ class BCELoss:
     O is clipped to [eps, 1 - eps] so that a saturated sigmoid gives a finite loss.
     dE/dO = (O - y) / (O (1 - O)) / N."""
 
-    def __init__(self, eps: float | None = None):
+    def __init__(self, eps: float | None = None) -> None:
         self.eps = eps
 
-    def forward(self, output, target):
+    def forward(self, output: Array, target: Array) -> Array:
         xp = namespace(output, target, where="BCELoss.forward")
         _check_pair(xp, output, target, "BCELoss")
         eps = self.eps if self.eps is not None else float(xp.finfo(output.dtype).eps)
@@ -52,7 +52,7 @@ class BCELoss:
         per_item = target * xp.log(self._p) + (1.0 - target) * xp.log(1.0 - self._p)
         return -xp.sum(per_item) / self._n
 
-    def backward(self):
+    def backward(self) -> Array:
         p = self._p
         return (p - self._y) / (p * (1.0 - p)) / self._n
 
@@ -65,7 +65,7 @@ class SoftmaxCrossEntropyLoss:
     after subtracting the row maximum, so no exp overflows).
     dE/dZ = (softmax(Z) - onehot(label)) / N."""
 
-    def forward(self, logits, labels):
+    def forward(self, logits: Array, labels: Array) -> Array:
         xp = namespace(logits, labels, where="SoftmaxCrossEntropyLoss.forward")
         if logits.ndim != 2:
             raise ValueError(f"SoftmaxCrossEntropyLoss: expected logits of shape (N, classes), "
@@ -85,10 +85,13 @@ class SoftmaxCrossEntropyLoss:
         log_likelihood = xp.sum(shifted * self._onehot, axis=1) - xp.log(total[:, 0])
         return -xp.sum(log_likelihood) / n
 
-    def backward(self):
+    def backward(self) -> Array:
         return (self._softmax - self._onehot) / self._n
 
     __call__ = forward
 
+
+Loss = MSELoss | BCELoss | SoftmaxCrossEntropyLoss
+"""Any of the losses above (each has ``forward(output, target)`` and ``backward()``)."""
 
 LOSSES = {"mse": MSELoss, "bce": BCELoss, "softmax_ce": SoftmaxCrossEntropyLoss}

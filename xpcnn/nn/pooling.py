@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from array_api_compat import device as device_of
 
-from xpcnn.backends import namespace, on_gpu
+from xpcnn.backends import Array, Namespace, namespace, on_gpu
 from xpcnn.nn.base import Layer, Token, check_input, register
 from xpcnn.nn.im2col import add_windows, col2im, im2col, output_size, window
 from xpcnn.nn.validate import integer, pair
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class _Pool2D(Layer):
     WINDOWS = ("auto", "views", "im2col")
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | None = None):
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | None = None) -> None:
         super().__init__()
         self.kh, self.kw = pair(kernel_size, "kernel_size", self.name, 1)
         self.stride = self.kh if stride is None else integer(stride, "stride", self.name, 1)
@@ -42,7 +42,7 @@ class _Pool2D(Layer):
         return (shape[0], output_size(shape[1], self.kh, self.stride, 0),
                 output_size(shape[2], self.kw, self.stride, 0))
 
-    def _geometry(self, x):
+    def _geometry(self, x: Array) -> tuple[Namespace, int, int, bool]:
         """Check x; return xp, the output size and whether to read the windows as views."""
         xp = namespace(x, where=f"{self.name}.forward")
         check_input(xp, x, self, 4, "(N, C, H, W)")
@@ -55,7 +55,7 @@ class _Pool2D(Layer):
         views = self.windows == "views" or (self.windows == "auto" and not on_gpu(x))
         return xp, output_size(h, self.kh, self.stride, 0), output_size(w, self.kw, self.stride, 0), views
 
-    def _views(self, x, out_h: int, out_w: int) -> list:
+    def _views(self, x: Array, out_h: int, out_w: int) -> list:
         """X_k for each window offset k = i*kw + j: the strided view of x that offset (i, j) sees at
         every output position, X_k[n, c, r, s] = x[n, c, r*stride + i, s*stride + j] (im2col's
         rows, not copied)."""

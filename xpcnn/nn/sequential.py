@@ -22,7 +22,7 @@ class Sequential(Layer):
     """Layers applied in order.  Parameter names are ``"<index>.<param>"``
     (``"0.weight"``, ``"3.bias"``), stable across backends and checkpoints."""
 
-    def __init__(self, *layers: Layer):
+    def __init__(self, *layers: Layer) -> None:
         super().__init__()
         self.layers = list(layers)
 
@@ -129,27 +129,27 @@ class Sequential(Layer):
         return [f"{index}.noise" for index, layer in enumerate(self.layers) if layer.TAKES_NOISE]
 
     @property
-    def params(self):
+    def params(self) -> dict[str, Any]:
         return dict(self.named_parameters())
 
     @params.setter
-    def params(self, value):  # Layer.__init__ assigns {}; a Sequential keeps none of its own
+    def params(self, value: dict[str, Any]) -> None:  # Layer.__init__ assigns {}; a Sequential keeps none of its own
         pass
 
     @property
-    def grads(self):
+    def grads(self) -> dict[str, Any]:
         return dict(self.named_gradients())
 
     @grads.setter
-    def grads(self, value):
+    def grads(self, value: dict[str, Any]) -> None:
         pass
 
     @property
-    def buffers(self):
+    def buffers(self) -> dict[str, Any]:
         return dict(self.named_buffers())
 
     @buffers.setter
-    def buffers(self, value):
+    def buffers(self, value: dict[str, Any]) -> None:
         pass
 
     @property

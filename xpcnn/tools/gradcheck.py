@@ -9,11 +9,14 @@ element is nudged by +-eps on the host and the objective recomputed on the backe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from xpcnn.backends import backend_of, from_numpy, to_numpy
+from xpcnn.backends import Array, backend_of, from_numpy, to_numpy
+from xpcnn.nn.losses import Loss
 
 
 @dataclass
@@ -24,8 +27,8 @@ class GradCheckResult:
     ok: bool
 
 
-def _numeric(objective, host_value: np.ndarray, rebuild, eps: float, max_elements: int | None,
-             rng: np.random.Generator):
+def _numeric(objective: Callable[[Array], float], host_value: np.ndarray, rebuild: Callable[[np.ndarray], Array],
+             eps: float, max_elements: int | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     flat = host_value.reshape(-1)
     indices = np.arange(flat.size)
     if max_elements is not None and flat.size > max_elements:
@@ -42,8 +45,9 @@ def _numeric(objective, host_value: np.ndarray, rebuild, eps: float, max_element
     return indices, numeric
 
 
-def check_gradients(layer, x, loss=None, target=None, eps: float = 1e-6, rtol: float = 1e-5,
-                    atol: float = 1e-7, max_elements: int | None = 64, seed: int = 0) -> list[GradCheckResult]:
+def check_gradients(layer: Any, x: Array, loss: Loss | None = None, target: Array | None = None, eps: float = 1e-6,
+                    rtol: float = 1e-5, atol: float = 1e-7, max_elements: int | None = 64,
+                    seed: int = 0) -> list[GradCheckResult]:
     """Compare ``layer.backward`` with central differences for the input and every
     parameter.  With ``loss`` (and ``target``) the objective is ``loss(layer(x), target)``;
     without, ``sum(R * layer(x))``.  ``layer`` may be a loss (then ``target`` is needed
@@ -62,7 +66,7 @@ def check_gradients(layer, x, loss=None, target=None, eps: float = 1e-6, rtol: f
         target_dev = from_numpy(host_target, backend) if host_target.dtype.kind in "iu" else to_device(host_target)
 
     if is_loss:
-        def objective(x_dev):
+        def objective(x_dev: Array) -> float:
             return float(to_numpy(layer.forward(x_dev, target_dev)))
 
         objective(to_device(host_x))
@@ -73,7 +77,7 @@ def check_gradients(layer, x, loss=None, target=None, eps: float = 1e-6, rtol: f
         weights = rng.standard_normal(tuple(output.shape))
         weights_dev = to_device(weights)
 
-        def objective(x_dev):
+        def objective(x_dev: Array) -> float:
             result = layer.forward(x_dev)
             if loss is not None:
                 return float(to_numpy(loss.forward(result, target_dev)))
@@ -94,7 +98,7 @@ def check_gradients(layer, x, loss=None, target=None, eps: float = 1e-6, rtol: f
     indices, numeric = _numeric(objective, host_x.copy(), to_device, eps, max_elements, rng)
     results.append(_compare("input", analytic["input"].reshape(-1)[indices], numeric, rtol, atol))
     for name, host_value in params.items():
-        def objective_for(value_dev, name=name):
+        def objective_for(value_dev: Array, name: str = name) -> float:
             layer.set_parameter(name, value_dev)
             return objective(to_device(host_x))
 
@@ -104,7 +108,7 @@ def check_gradients(layer, x, loss=None, target=None, eps: float = 1e-6, rtol: f
     return results
 
 
-def _compare(name, analytic, numeric, rtol, atol) -> GradCheckResult:
+def _compare(name: str, analytic: np.ndarray, numeric: np.ndarray, rtol: float, atol: float) -> GradCheckResult:
     error = np.abs(analytic - numeric)
     scale = np.maximum(np.abs(analytic), np.abs(numeric))
     rel = error / np.maximum(scale, 1e-12)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from xpcnn.backends import BACKENDS, BackendError, resolve, split_spec
+from xpcnn.backends import BACKENDS, Backend, BackendError, resolve, split_spec
 from xpcnn.data import Split
 from xpcnn.io.files import write_json
-from xpcnn.training import Config, ProgressBar, Trainer, build_model
+from xpcnn.training import Config, Extension, ProgressBar, StepExecutor, Trainer, build_model
 from xpcnn.training.run import (
     RunOptions,
     Unavailable,
@@ -46,7 +47,8 @@ COMPARE_EPOCHS = 1
 
 
 def compare(specs: list[str], config: Config, train: Split, rtol: float | None = None, atol: float | None = None,
-            on_backend=None, extensions=(), executor=None) -> dict:
+            on_backend: Callable[[str], object] | None = None, extensions: Sequence[Extension] = (),
+            executor: Callable[[Backend], StepExecutor] | None = None) -> dict:
     """Train ``config`` on each backend spec (``'numpy'``, ``'torch:cuda'``,
     ``'array_api_strict:device1'`` ...) and return the parity report (a dict, JSON-ready).
     ``on_backend(spec)`` is called before each run; ``extensions`` (a progress bar, say) join each

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 from xpcnn.io.files import atomic_write
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +19,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str) -> str:
+def _save(fig: Any, path: str) -> str:
     with atomic_write(path) as handle:
         fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)

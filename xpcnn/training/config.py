@@ -10,6 +10,7 @@ loss fits); ``binary`` trains one sigmoid output with binary cross-entropy, or w
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from xpcnn.backends import DTYPES
@@ -25,7 +26,7 @@ class ConfigError(ValueError):
     """A configuration value out of its range; ``field`` names it, ``problem`` says what is wrong
     (the message is ``"<field> <problem>"``, e.g. ``"lr must be a positive number, got -1"``)."""
 
-    def __init__(self, field: str, problem: str):
+    def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field} {problem}")
         self.field, self.problem = field, problem
 
@@ -59,7 +60,7 @@ def check_number(name: str, value: object, interval: str) -> float:
     return number
 
 
-def check_choice(name: str, value: object, choices) -> str:
+def check_choice(name: str, value: object, choices: Collection[str]) -> str:
     """``value`` when it is one of the strings ``choices``."""
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
@@ -91,7 +92,7 @@ class Config:
     normalize: bool = False  # scale each channel by the training split's mean and std
     weight_decay: float = 0.0  # L2 (sgd, momentum, adam) or decoupled (adamw)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("preset", self.preset, PRESET_NAMES)
         check_choice("task", self.task, TASKS)
         check_integer("epochs", self.epochs, 1)
@@ -164,7 +165,7 @@ class ResumeMismatch(ValueError):
     """Resuming with settings that differ from the checkpoint's run (other than ``epochs``);
     ``changed`` maps each field to (checkpoint's value, value asked for)."""
 
-    def __init__(self, changed: dict):
+    def __init__(self, changed: dict) -> None:
         self.changed = changed
         super().__init__("a resumed run continues the checkpoint's run; only epochs may change, not "
                          + ", ".join(f"{k} ({old!r} in the checkpoint, {new!r} asked for)"

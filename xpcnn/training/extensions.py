@@ -28,11 +28,17 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from xpcnn.backends import to_numpy
 from xpcnn.io.files import atomic_write, write_json
+
+if TYPE_CHECKING:
+    from xpcnn.data import Split
+    from xpcnn.training.trainer import Trainer
 
 PRIORITY_WRITER, PRIORITY_EDITOR, PRIORITY_READER = 300, 200, 100
 
@@ -40,12 +46,12 @@ PRIORITY_WRITER, PRIORITY_EDITOR, PRIORITY_READER = 300, 200, 100
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; names the epoch and step (both from 1)."""
 
-    def __init__(self, epoch: int, step: int, value: float):
+    def __init__(self, epoch: int, step: int, value: float) -> None:
         super().__init__(f"training diverged: loss became {value} at epoch {epoch}, step {step}")
         self.epoch, self.step, self.value = epoch, step, value
 
 
-def _make_folder_of(path: str, trainer) -> None:
+def _make_folder_of(path: str, trainer: Trainer) -> None:
     """Extensions that write files create the folder they write into (on the main process)."""
     if trainer.is_main:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -56,12 +62,12 @@ class Extension:
 
     priority = PRIORITY_READER
 
-    def on_fit_start(self, trainer) -> None: ...
-    def on_epoch_start(self, trainer) -> None: ...
-    def on_losses(self, trainer, values: list[float]) -> None: ...
-    def on_epoch_end(self, trainer, record: dict) -> None: ...
-    def on_interrupt(self, trainer) -> None: ...
-    def on_fit_end(self, trainer) -> None: ...
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
+    def on_losses(self, trainer: Trainer, values: list[float]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None: ...
+    def on_interrupt(self, trainer: Trainer) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
     def close(self) -> None: ...
 
 
@@ -73,10 +79,10 @@ class ExponentialDecay(Extension):
 
     priority = PRIORITY_EDITOR
 
-    def __init__(self, lr: float, decay: float):
+    def __init__(self, lr: float, decay: float) -> None:
         self.lr, self.decay = lr, decay
 
-    def on_epoch_start(self, trainer):
+    def on_epoch_start(self, trainer: Trainer) -> None:
         trainer.optimizer.lr = self.lr * self.decay ** trainer.state.epoch
 
 
@@ -85,7 +91,7 @@ class DivergenceCheck(Extension):
 
     priority = PRIORITY_WRITER + 50
 
-    def on_losses(self, trainer, values):
+    def on_losses(self, trainer: Trainer, values: list[float]) -> None:
         first = trainer.state.step_in_epoch - len(values)  # the values' first step, from 0
         for offset, value in enumerate(values):
             if not math.isfinite(value):
@@ -97,10 +103,10 @@ class Evaluator(Extension):
 
     priority = PRIORITY_WRITER
 
-    def __init__(self, split, prefix: str = "val"):
+    def __init__(self, split: Split | None, prefix: str = "val") -> None:
         self.split, self.prefix = split, prefix
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if self.split is not None and len(self.split):
             record[f"{self.prefix}_loss"], record[f"{self.prefix}_accuracy"] = trainer.evaluate(self.split)
 
@@ -113,14 +119,14 @@ class EarlyStopping(Extension):
 
     priority = PRIORITY_EDITOR
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 3, mode: str = "min", min_delta: float = 0.0):
+    def __init__(self, monitor: str = "val_loss", patience: int = 3, mode: str = "min", min_delta: float = 0.0) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {patience!r}")
         self.monitor, self.patience, self.mode, self.min_delta = monitor, patience, mode, float(min_delta)
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         # Decided from the history alone, so a resumed run decides exactly as an uninterrupted one.
         values = [entry.get(self.monitor) for entry in trainer.state.history]
         if any(v is None for v in values):
@@ -141,13 +147,15 @@ class ProgressBar(Extension):
     """A tqdm bar per epoch on stderr, only on a terminal (elsewhere the printed epoch lines are
     the log); shows the running mean loss of the epoch."""
 
-    def __init__(self, stream=None, force: bool = False):
+    bar: Any  # the epoch's tqdm bar, or None
+
+    def __init__(self, stream: TextIO | None = None, force: bool = False) -> None:
         self.stream, self.force, self.bar = stream or sys.stderr, force, None
 
-    def _enabled(self, trainer) -> bool:
+    def _enabled(self, trainer: Trainer) -> bool:
         return trainer.is_main and (self.force or self.stream.isatty())
 
-    def on_epoch_start(self, trainer):
+    def on_epoch_start(self, trainer: Trainer) -> None:
         if not self._enabled(trainer):
             return
         from tqdm import tqdm
@@ -158,16 +166,16 @@ class ProgressBar(Extension):
                         desc=f"epoch {trainer.state.epoch + 1}/{trainer.config.epochs}", unit="step",
                         dynamic_ncols=True)
 
-    def on_losses(self, trainer, values):
+    def on_losses(self, trainer: Trainer, values: list[float]) -> None:
         if self.bar is not None:
             losses = trainer.epoch_losses() + list(values)
             self.bar.set_postfix_str(f"loss {np.mean(losses):.4f}", refresh=False)
             self.bar.update(len(values))
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -184,10 +192,10 @@ def format_epoch(record: dict, epochs: int) -> str:
 class PrintReport(Extension):
     """One line per epoch on ``stream`` (stdout): loss, validation metrics, speed, time."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.is_main:
             print(format_epoch(record, trainer.config.epochs), file=self.stream or sys.stdout, flush=True)
         for note in trainer.notes:
@@ -200,13 +208,13 @@ class LogReport(Extension):
     """The history as JSON lines (one epoch record a line) at ``path``, rewritten atomically after
     every epoch from ``trainer.state.history`` (so a resumed run's log is whole)."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
 
-    def on_fit_start(self, trainer):
+    def on_fit_start(self, trainer: Trainer) -> None:
         _make_folder_of(self.path, trainer)
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.is_main:
             with atomic_write(self.path, "w") as handle:
                 for entry in trainer.state.history:
@@ -216,19 +224,19 @@ class LogReport(Extension):
 class Checkpointer(Extension):
     """Saves a resumable checkpoint to ``path`` after every epoch and when a stop is requested."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
 
-    def on_fit_start(self, trainer):
+    def on_fit_start(self, trainer: Trainer) -> None:
         _make_folder_of(self.path, trainer)
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         self._save(trainer)
 
-    def on_interrupt(self, trainer):
+    def on_interrupt(self, trainer: Trainer) -> None:
         self._save(trainer)
 
-    def _save(self, trainer):
+    def _save(self, trainer: Trainer) -> None:
         if trainer.is_main:  # one writer; the others wait until the file is complete
             trainer.save(self.path)
         trainer.executor.barrier()
@@ -241,10 +249,10 @@ class FinalEvaluation(Extension):
 
     priority = PRIORITY_WRITER
 
-    def __init__(self, split, label: str, verbose: bool = False, stream=None):
+    def __init__(self, split: Split | None, label: str, verbose: bool = False, stream: TextIO | None = None) -> None:
         self.split, self.label, self.verbose, self.stream = split, label, verbose, stream
 
-    def on_fit_end(self, trainer):
+    def on_fit_end(self, trainer: Trainer) -> None:
         if self.split is None or not len(self.split):
             return
         evaluation = trainer.test(self.split)
@@ -260,13 +268,13 @@ class MetricsWriter(Extension):
     """``metrics.json`` after training: configuration, backend, data, time, history, step losses and
     the final evaluation (when a :class:`FinalEvaluation` ran)."""
 
-    def __init__(self, path, source: str = ""):
+    def __init__(self, path: str | os.PathLike, source: str = "") -> None:
         self.path, self.source = os.fspath(path), source
 
-    def on_fit_start(self, trainer):
+    def on_fit_start(self, trainer: Trainer) -> None:
         _make_folder_of(self.path, trainer)
 
-    def on_fit_end(self, trainer):
+    def on_fit_end(self, trainer: Trainer) -> None:
         if trainer.is_main:
             write_json(self.path, trainer.metrics(self.source))
 
@@ -276,13 +284,13 @@ class PlotReport(Extension):
     (matplotlib, the 'plot' extra); ``image`` (C, H, W) is the one whose feature maps are drawn.
     The last two need a first layer with 4-D weights (a convolution)."""
 
-    def __init__(self, folder, image, source: str = "", verbose: bool = False):
+    def __init__(self, folder: str | os.PathLike, image: np.ndarray, source: str = "", verbose: bool = False) -> None:
         self.folder, self.image, self.source, self.verbose = os.fspath(folder), image, source, verbose
 
-    def on_fit_start(self, trainer):
+    def on_fit_start(self, trainer: Trainer) -> None:
         _make_folder_of(os.path.join(self.folder, "curves.png"), trainer)
 
-    def on_fit_end(self, trainer):
+    def on_fit_end(self, trainer: Trainer) -> None:
         if not trainer.is_main:
             return
         from xpcnn.tools.plots import plot_run
@@ -300,7 +308,7 @@ class PlotReport(Extension):
 class Lambda(Extension):
     """An extension from plain functions: ``Lambda(on_epoch_end=lambda trainer, record: ...)``."""
 
-    def __init__(self, priority: int = PRIORITY_READER, **hooks):
+    def __init__(self, priority: int = PRIORITY_READER, **hooks: Callable[..., object]) -> None:
         unknown = set(hooks) - {"on_fit_start", "on_epoch_start", "on_losses", "on_epoch_end", "on_interrupt",
                                 "on_fit_end", "close"}
         if unknown:
@@ -310,8 +318,9 @@ class Lambda(Extension):
             setattr(self, name, function)
 
 
-def standard_extensions(out=None, test=None, test_label: str = "test", source: str = "", verbose: bool = True,
-                        progress: bool = True, plot_image=None) -> list[Extension]:
+def standard_extensions(out: str | os.PathLike | None = None, test: Split | None = None, test_label: str = "test",
+                        source: str = "", verbose: bool = True, progress: bool = True,
+                        plot_image: np.ndarray | None = None) -> list[Extension]:
     """What ``train.py`` adds to every run: a progress bar, a line per epoch, and with ``out`` a
     checkpoint, a JSON-lines log and ``metrics.json`` in that folder; the final evaluation on ``test``;
     plots when ``plot_image`` is given.  Library users get the command line's behaviour with

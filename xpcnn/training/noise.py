@@ -15,7 +15,13 @@ costs well under a millisecond a step; a model without Dropout pays nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from xpcnn.nn.base import Layer
+    from xpcnn.nn.sequential import Sequential
 
 NOISE_STREAM = 0x6E6F6973  # "nois": the spawn key that keeps dropout's stream apart from the augmentation's
 
@@ -25,23 +31,23 @@ def step_seed(seed: int, epoch: int, step: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, epoch, step], spawn_key=(NOISE_STREAM,))
 
 
-def _order(name: str):
+def _order(name: str) -> tuple[float, str]:
     index, _, rest = name.partition(".")
     return (int(index), rest) if index.isdigit() else (float("inf"), name)
 
 
-def draw_noise(shapes: dict, seed_sequence, dtype: str = "float64") -> dict:
+def draw_noise(shapes: dict, seed_sequence: np.random.SeedSequence, dtype: str = "float64") -> dict:
     """``{name: U[0, 1) array of shape}`` (host NumPy, float64 draws cast to ``dtype``) from one
     ``numpy.random.default_rng(seed_sequence)``, drawn in layer order (whatever the dict's order)."""
     rng = np.random.default_rng(seed_sequence)
     return {name: rng.random(tuple(shapes[name])).astype(dtype, copy=False) for name in sorted(shapes, key=_order)}
 
 
-def needs_noise(model) -> bool:
+def needs_noise(model: Layer) -> bool:
     return any(layer.TAKES_NOISE for layer in getattr(model, "layers", ()))
 
 
-def step_noise(model, images: np.ndarray, seed: int, epoch: int, step: int, dtype: str) -> dict | None:
+def step_noise(model: Sequential, images: np.ndarray, seed: int, epoch: int, step: int, dtype: str) -> dict | None:
     """The host noise of one training step on the host batch ``images`` (as the Trainer gets it,
     before ``to_device``), or None when the model needs none."""
     if not needs_noise(model):

@@ -67,7 +67,7 @@ class UsageError(ValueError):
     """An option that cannot be used, found before training.  ``option`` names it (``"--lr"``;
     None when no single option is at fault); the message is the command line's one line."""
 
-    def __init__(self, option: str | None, message: str):
+    def __init__(self, option: str | None, message: str) -> None:
         super().__init__(message)
         self.option = option
 

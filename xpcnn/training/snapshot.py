@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -23,6 +25,9 @@ from xpcnn.io.checkpoint import short_repr
 from xpcnn.nn.sequential import Sequential
 from xpcnn.training.builders import build_model, build_optimizer
 from xpcnn.training.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from xpcnn.training.trainer import Trainer
 
 HISTORY_KEYS = ("epoch", "loss", "val_loss", "val_accuracy", "images_per_s", "seconds")
 
@@ -47,7 +52,7 @@ class Snapshot:
     class_names: list | None = None
 
 
-def meta_record(trainer) -> dict:
+def meta_record(trainer: Trainer) -> dict:
     state = trainer.state
     return {
         "config": trainer.config.__dict__.copy(),
@@ -70,26 +75,26 @@ def meta_record(trainer) -> dict:
 class _Fields:
     """Field checks that raise CheckpointError('<path>: <field> ...')."""
 
-    def __init__(self, path, meta: dict):
+    def __init__(self, path: str | os.PathLike, meta: dict) -> None:
         self.path, self.meta = path, meta
 
-    def fail(self, field: str, problem: str):
+    def fail(self, field: str, problem: str) -> NoReturn:
         raise ckpt.CheckpointError(f"{self.path}: {field} {problem}")
 
-    def get(self, field: str):
+    def get(self, field: str) -> Any:
         if field not in self.meta:
             self.fail(field, "is missing")
         return self.meta[field]
 
-    def integer(self, field: str, value, minimum: int = 0, maximum: int | None = None) -> int:
+    def integer(self, field: str, value: object, minimum: int = 0, maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(field, f"must be an integer, got {short_repr(value)}")
         if value < minimum or (maximum is not None and value > maximum):
             self.fail(field, f"must lie in [{minimum}, {maximum if maximum is not None else 'inf'}], got {value}")
         return value
 
-    def number(self, field: str, value, finite: bool = True, minimum: float | None = None,
-               maximum: float | None = None, optional: bool = False):
+    def number(self, field: str, value: object, finite: bool = True, minimum: float | None = None,
+               maximum: float | None = None, optional: bool = False) -> float | None:
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -104,7 +109,7 @@ class _Fields:
             self.fail(field, f"must lie in [{minimum}, {maximum}], got {value}")
         return value
 
-    def rng_state(self, field: str, value) -> dict:
+    def rng_state(self, field: str, value: object) -> dict:
         if not isinstance(value, dict) or value.get("bit_generator") != "PCG64":
             self.fail(field, f"must be the state of a PCG64 generator, got {short_repr(value)}")
         inner = value.get("state")
@@ -123,7 +128,7 @@ class _Fields:
         return value
 
 
-def read(path) -> Snapshot:
+def read(path: str | os.PathLike) -> Snapshot:
     """Read and check a training checkpoint (module docstring)."""
     model_state, optimizer_state, meta = ckpt.load(path)
     f = _Fields(path, meta)
@@ -253,7 +258,7 @@ def read(path) -> Snapshot:
                     rng_state, epoch_rng_state, history, step_losses, train_size, normalization, class_names)
 
 
-def layer_names(architecture) -> str:
+def layer_names(architecture: object) -> str:
     """'Conv2D-ReLU-MaxPool2D-Flatten-Dense (5 layers)' for an architecture record."""
     if not isinstance(architecture, list) or not all(isinstance(e, dict) for e in architecture):
         return short_repr(architecture)

@@ -19,19 +19,23 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
 
 import numpy as np
 
-from xpcnn.backends import Backend, to_numpy
+from xpcnn.backends import Array, Backend, to_numpy
 from xpcnn.data import Split, batch_indices, channel_stats, targets_to_batch, task_targets, to_batch
 from xpcnn.data.targets import predicted_classes, target_classes
 from xpcnn.data.transforms import shift_batch
 from xpcnn.io.checkpoint import CheckpointError
+from xpcnn.nn.base import Layer
 from xpcnn.nn.sequential import Sequential
 from xpcnn.training import snapshot
 from xpcnn.training.builders import build_loss, build_model, build_optimizer
@@ -59,7 +63,7 @@ class TrainState:
     normalization: dict | None = None  # {"mean": [...], "std": [...]} per channel, from the training split
 
 
-def last_batch_problem(model, images: int, batch_size: int) -> str | None:
+def last_batch_problem(model: Layer, images: int, batch_size: int) -> str | None:
     """Why ``model`` cannot train on ``images`` in batches of ``batch_size``, or None: a layer that
     normalises each feature over the batch alone (BatchNorm1D) needs two images in every batch, and
     the last batch of each epoch would hold one.  Said before the first step, not after an epoch."""
@@ -84,7 +88,7 @@ def stop_on_signals(trainer: Trainer) -> Iterator[dict]:
         yield caught
         return
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         caught["signal"] = signum
         if hasattr(trainer.executor, "signal"):  # data-parallel: the ranks agree on which signal
             trainer.executor.signal = signum
@@ -108,8 +112,8 @@ class Trainer:
     ``with Trainer(...) as trainer:`` closes the executor at the end (or call :meth:`close`)."""
 
     def __init__(self, config: Config, backend: Backend, model: Sequential | None = None, *,
-                 executor: StepExecutor | None = None, extensions=(), sync_every: int = 20,
-                 threads: int = 1, chunk: int | None = None):
+                 executor: StepExecutor | None = None, extensions: Iterable[Extension] = (), sync_every: int = 20,
+                 threads: int = 1, chunk: int | None = None) -> None:
         if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
             raise ValueError(f"Trainer: sync_every must be an integer >= 1, got {sync_every!r}")
         self.config, self.backend, self.sync_every = config, backend, sync_every
@@ -136,24 +140,24 @@ class Trainer:
     def close(self) -> None:
         self.executor.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Trainer:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
-    def normalize(self):
+    def normalize(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(mean, std) per channel that every batch is normalised with, or None."""
         stats = self.state.normalization
         return None if stats is None else (np.asarray(stats["mean"]), np.asarray(stats["std"]))
 
-    def to_batch(self, images: np.ndarray):
+    def to_batch(self, images: np.ndarray) -> Array:
         """Host images -> the device batch the model takes (scaled, normalised as in training)."""
         return to_batch(images, self.backend, self.config.dtype, normalize=self.normalize)
 
     # -- one step ---------------------------------------------------------------
-    def step(self, images: np.ndarray, targets: np.ndarray):
+    def step(self, images: np.ndarray, targets: np.ndarray) -> Array:
         """Forward, backward and update on one host batch; returns the loss as a device array.
         A model with Dropout gets the step's noise, drawn on the host from (seed, epoch, step)."""
         from xpcnn.training.noise import step_noise
@@ -165,7 +169,7 @@ class Trainer:
         return self.executor.step(batch)
 
     # -- the loop ---------------------------------------------------------------------
-    def fit(self, train: Split, validation: Split | None = None, extensions=()) -> list:
+    def fit(self, train: Split, validation: Split | None = None, extensions: Iterable[Extension] = ()) -> list:
         """Train until ``config.epochs`` are done, continuing from ``self.state``; returns the
         history.  ``validation`` adds an :class:`Evaluator`; ``extensions`` join the trainer's for
         this fit.  Raises :class:`Diverged` or :class:`Interrupted`."""
@@ -258,7 +262,7 @@ class Trainer:
         return self.state.step_losses[start:]
 
     # -- evaluation -----------------------------------------------------------------------
-    def _classes(self, output) -> np.ndarray:
+    def _classes(self, output: Array) -> np.ndarray:
         """Host class predictions from a batch of outputs (the task rule: argmax, or O > 0.5)."""
         return to_numpy(predicted_classes(self.backend.xp, output, self.config.task)).astype(np.int64)
 
@@ -269,7 +273,7 @@ class Trainer:
                    for start in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def evaluate(self, split: Split, batch_size: int = 500, predictions: bool = False):
+    def evaluate(self, split: Split, batch_size: int = 500, predictions: bool = False) -> tuple:
         """(mean loss, accuracy) on a split; with ``predictions=True`` also the host predictions."""
         targets = task_targets(split.labels, self.config.task, self.config.classes)
         starts = range(0, len(split), batch_size)
@@ -307,13 +311,13 @@ class Trainer:
         return metrics
 
     # -- checkpoints --------------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """A resumable checkpoint (parameters, optimizer state, RNG state, history), written atomically."""
         from xpcnn.io import checkpoint
 
         checkpoint.save(path, self.model.state_dict(), self.optimizer.state_dict(), snapshot.meta_record(self))
 
-    def resume(self, path) -> None:
+    def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint made on any backend.  The checkpoint is checked whole first
         (:mod:`~xpcnn.training.snapshot`); its run must be this trainer's (the same configuration up
         to ``epochs``).  On any problem a CheckpointError is raised and nothing changes."""
@@ -340,7 +344,8 @@ class Trainer:
                                 saved.history, saved.step_losses, saved.train_size, saved.normalization)
 
     @classmethod
-    def from_checkpoint(cls, path, backend: Backend, epochs: int | None = None, **options) -> Trainer:
+    def from_checkpoint(cls, path: str | os.PathLike, backend: Backend, epochs: int | None = None,
+                        **options: Any) -> Trainer:
         """A Trainer that continues the checkpoint's run (optionally for ``epochs`` in all): the resume
         policy is that only the number of epochs may change.  ``options`` go to the constructor."""
         config = resume_config(snapshot.read(path).config, epochs=epochs)
@@ -353,6 +358,6 @@ class Trainer:
         return trainer
 
 
-def config_from_checkpoint(path) -> Config:
+def config_from_checkpoint(path: str | os.PathLike) -> Config:
     """The configuration a checkpoint's run was made with (checked)."""
     return snapshot.read(path).config

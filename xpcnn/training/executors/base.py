@@ -53,12 +53,23 @@ executors (:mod:`~xpcnn.training.executors.compiled`) hand the whole step to a b
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from xpcnn.backends import from_numpy
+import numpy as np
+
+from xpcnn.backends import Array, Backend, from_numpy
 from xpcnn.data import DataError, targets_to_batch, to_batch
 
+if TYPE_CHECKING:
+    from xpcnn.nn.base import Layer
+    from xpcnn.nn.losses import Loss
+    from xpcnn.nn.sequential import Sequential
+    from xpcnn.optim import Optimizer
 
-def forward_backward(model, loss_fn, x, y, noise: dict | None = None, weight: float | None = None):
+
+def forward_backward(model: Layer, loss_fn: Loss, x: Array, y: Array, noise: dict | None = None,
+                     weight: float | None = None) -> Array:
     """The forward and backward pass of every executor: the whole batch (:class:`WholeBatchStep`),
     a thread's or a rank's share of it (``SplitStep``, ``DataParallelStep``), the traced body of a
     compiled step.  With ``noise`` (Dropout's, for exactly the rows of ``x``) handed to the model
@@ -94,16 +105,17 @@ class StepExecutor:
         """False on every data-parallel rank but one (see the contract)."""
         return True
 
-    def bind(self, model, loss_fn, optimizer, backend, dtype: str) -> None:
+    def bind(self, model: Sequential, loss_fn: Loss, optimizer: Optimizer, backend: Backend, dtype: str) -> None:
         self.model, self.loss_fn, self.optimizer, self.backend, self.dtype = model, loss_fn, optimizer, backend, dtype
 
     @contextlib.contextmanager
-    def running(self):
+    def running(self) -> Iterator[StepExecutor]:
         yield self
 
-    normalize = None  # (mean, std) per channel, set by the Trainer when the run normalises its images
+    # (mean, std) per channel, set by the Trainer when the run normalises its images
+    normalize: tuple[np.ndarray, np.ndarray] | None = None
 
-    def to_device(self, images, targets, noise: dict | None = None):
+    def to_device(self, images: np.ndarray, targets: np.ndarray, noise: dict | None = None) -> tuple:
         refuse_empty_batch(images, type(self).__name__)
         x = to_batch(images, self.backend, self.dtype, normalize=self.normalize)
         y = targets_to_batch(targets, self.backend, self.dtype)
@@ -111,7 +123,7 @@ class StepExecutor:
             return x, y
         return x, y, {name: from_numpy(value, self.backend, self.dtype) for name, value in noise.items()}
 
-    def step(self, batch):
+    def step(self, batch: tuple) -> Array:
         raise NotImplementedError
 
     def should_stop(self, requested: bool) -> bool:
@@ -138,12 +150,12 @@ class StepExecutor:
         return ""
 
 
-def unpack(batch) -> tuple:
+def unpack(batch: tuple) -> tuple:
     """(x, y, noise or None) of a batch from ``to_device``."""
     return (*batch, None) if len(batch) == 2 else tuple(batch)
 
 
-def refuse_batch_statistics(model, executor: str, flags: str) -> None:
+def refuse_batch_statistics(model: Layer, executor: str, flags: str) -> None:
     """Executors that cut a batch into shares cannot run layers that need the whole batch's
     statistics (BatchNorm: each share would use its own); a ValueError names the layer."""
     for index, layer in enumerate(getattr(model, "layers", ())):
@@ -153,7 +165,7 @@ def refuse_batch_statistics(model, executor: str, flags: str) -> None:
                              f"{flags}")
 
 
-def refuse_empty_batch(images, where: str) -> None:
+def refuse_empty_batch(images: np.ndarray, where: str) -> None:
     """One clear error for a step given no images (a custom loop's filter that left a batch empty),
     instead of a shape error deep in a layer or the gradient exchange."""
     if len(images) == 0:
@@ -168,7 +180,7 @@ def share_bounds(n: int, pieces: int) -> list[tuple[int, int]]:
     return [(bounds[k], bounds[k + 1]) for k in range(pieces) if bounds[k + 1] > bounds[k]]
 
 
-def ordered_sum(arrays):
+def ordered_sum(arrays: Sequence[Array]) -> Array:
     """Sum in list order (fixed, so the result is the same on every run)."""
     total = arrays[0]
     for array in arrays[1:]:

@@ -34,16 +34,26 @@ compiled executors share.
 
 from __future__ import annotations
 
-from xpcnn.backends import BackendError
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from xpcnn.backends import Array, Backend, BackendError
 from xpcnn.training.executors.base import StepExecutor, forward_backward
 
+if TYPE_CHECKING:
+    from xpcnn.nn.losses import Loss
+    from xpcnn.nn.sequential import Sequential
+    from xpcnn.optim import Optimizer
 
-def pure_step(model, loss_fn, optimizer):
+
+def pure_step(model: Sequential, loss_fn: Loss,
+              optimizer: Optimizer) -> Callable[..., tuple[Array, dict, dict, dict]]:
     """(params, slots, scalars, x, y, buffers, noise) -> (loss, new params, new slots, new buffers):
     one training step as a function of its inputs alone (it sets the model's parameters and buffers
     from ``params`` and ``buffers``, and hands it ``noise``, first)."""
 
-    def step(params, slots, scalars, x, y, buffers=None, noise=None):
+    def step(params: dict, slots: dict, scalars: dict, x: Array, y: Array, buffers: dict | None = None,
+             noise: dict | None = None) -> tuple[Array, dict, dict, dict]:
         for name, value in params.items():
             model.set_parameter(name, value)
         for name, value in (buffers or {}).items():
@@ -61,11 +71,11 @@ class CompiledStep(StepExecutor):
     """What both compiled executors share: the eager priming forward, and putting a step's results
     back into the model and the optimizer."""
 
-    def bind(self, model, loss_fn, optimizer, backend, dtype):
+    def bind(self, model: Sequential, loss_fn: Loss, optimizer: Optimizer, backend: Backend, dtype: str) -> None:
         super().bind(model, loss_fn, optimizer, backend, dtype)
-        self.primed = set()
+        self.primed: set[tuple] = set()
 
-    def _prime(self, x) -> None:
+    def _prime(self, x: Array) -> None:
         """One eager forward per input shape before tracing: layer caches get concrete arrays."""
         key = tuple(x.shape[1:])
         if key not in self.primed:
@@ -73,7 +83,7 @@ class CompiledStep(StepExecutor):
                 self.model(x[:1, ...])
             self.primed.add(key)
 
-    def _inputs(self):
+    def _inputs(self) -> tuple[dict, dict]:
         params = dict(self.model.named_parameters())
         slots = {name: dict(self.optimizer.state.get(name, {})) for name in params}
         return params, slots
@@ -91,7 +101,7 @@ class CompiledStep(StepExecutor):
             layer.grads = {}
 
 
-def compiled_executor(backend) -> StepExecutor:
+def compiled_executor(backend: Backend) -> StepExecutor:
     """The compiled executor for a backend: jax.jit on JAX, a CUDA graph on torch:cuda (its adapter's
     :meth:`~xpcnn.backends.Adapter.compiled_executor`)."""
     executor = backend.adapter.compiled_executor(backend)
@@ -101,10 +111,10 @@ def compiled_executor(backend) -> StepExecutor:
     return executor
 
 
-def has_compiled_executor(backend) -> bool:
+def has_compiled_executor(backend: Backend) -> bool:
     return backend.adapter.compiled_executor(backend) is not None
 
 
-def compiles_by_default(backend) -> bool:
+def compiles_by_default(backend: Backend) -> bool:
     """JAX compiles unless told not to (measured: docs/performance.md); torch:cuda only with --compile."""
     return backend.adapter.compiles_by_default

@@ -3,10 +3,18 @@ avoids: :mod:`~xpcnn.training.executors.compiled`)."""
 
 from __future__ import annotations
 
-from xpcnn.backends import BackendError, TorchAdapter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from xpcnn.backends import Array, Backend, BackendError, TorchAdapter
 from xpcnn.training.executors.base import unpack
 from xpcnn.training.executors.compiled import CompiledStep, pure_step
 from xpcnn.training.executors.whole import WholeBatchStep
+
+if TYPE_CHECKING:
+    from xpcnn.nn.losses import Loss
+    from xpcnn.nn.sequential import Sequential
+    from xpcnn.optim import Optimizer
 
 
 class TorchGraphStep(CompiledStep):
@@ -25,11 +33,15 @@ class TorchGraphStep(CompiledStep):
     graph_stand_in.py``) to check the static-buffer bookkeeping on a CPU."""
 
     WARMUP = 3
+    graph: Any  # the captured torch.cuda.CUDAGraph; None before the capture
+    static: Any  # {"x": ..., "params": {...}, ...}: the tensors the graph reads and writes (None before)
+    shape: tuple | None  # the batch shape the graph was captured for
 
-    def __init__(self, capture=None):
+    def __init__(self,
+                 capture: Callable[[Callable[[dict], Array], dict, Any], tuple[Any, Array]] | None = None) -> None:
         self.capture = capture
 
-    def bind(self, model, loss_fn, optimizer, backend, dtype):
+    def bind(self, model: Sequential, loss_fn: Loss, optimizer: Optimizer, backend: Backend, dtype: str) -> None:
         if not isinstance(backend.adapter, TorchAdapter):
             raise BackendError(f"TorchGraphStep captures PyTorch CUDA steps; the backend is {backend.label}")
         if self.capture is None and backend.device.type != "cuda":
@@ -39,7 +51,7 @@ class TorchGraphStep(CompiledStep):
         self.eager.bind(model, loss_fn, optimizer, backend, dtype)
         self.graph, self.static, self.shape, self.eager_steps, self.replays = None, None, None, 0, 0
 
-    def step(self, batch):
+    def step(self, batch: tuple) -> Array:
         x, y, noise = unpack(batch)
         if self.graph is not None and tuple(x.shape) == self.shape:
             static = self.static
@@ -73,7 +85,7 @@ class TorchGraphStep(CompiledStep):
             self.static["buffers"][name].copy_(value)
         self._store(self.static["params"], self.static["slots"], self.static["buffers"])
 
-    def _record(self, x, y, noise: dict) -> None:
+    def _record(self, x: Array, y: Array, noise: dict) -> None:
         import torch
 
         params, slots = self._inputs()
@@ -86,7 +98,7 @@ class TorchGraphStep(CompiledStep):
                                for key, value in self.optimizer.scalars().items()}}
         pure = pure_step(self.model, self.loss_fn, self.optimizer)
 
-        def body(b):
+        def body(b: dict) -> Array:
             loss, new_params, new_slots, new_buffers = pure(b["params"], b["slots"], b["scalars"], b["x"], b["y"],
                                                             b["buffers"], b["noise"])
             for name, value in new_params.items():
@@ -105,13 +117,13 @@ class TorchGraphStep(CompiledStep):
         return "steps replayed as one CUDA graph"
 
 
-def _clone(buffers):
+def _clone(buffers: Any) -> Any:
     if isinstance(buffers, dict):
         return {key: _clone(value) for key, value in buffers.items()}
     return buffers.clone()
 
 
-def cuda_graph_capture(body, buffers, torch):
+def cuda_graph_capture(body: Callable[[dict], Array], buffers: dict, torch: Any) -> tuple[Any, Array]:
     """PyTorch's recipe: run ``body`` a few times on a side stream (here on copies of the buffers,
     so the real ones keep their values), then capture it on the real buffers.  Capturing runs
     nothing; every ``graph.replay()`` runs the whole step.  Returns (graph, the graph's loss tensor)."""

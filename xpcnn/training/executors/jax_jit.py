@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from xpcnn.backends import BackendError, JaxAdapter
+from typing import TYPE_CHECKING, Any
+
+from xpcnn.backends import Array, Backend, BackendError, JaxAdapter
 from xpcnn.training.executors.base import unpack
 from xpcnn.training.executors.compiled import CompiledStep, pure_step
+
+if TYPE_CHECKING:
+    from xpcnn.nn.losses import Loss
+    from xpcnn.nn.sequential import Sequential
+    from xpcnn.optim import Optimizer
 
 
 class JaxJitStep(CompiledStep):
@@ -12,7 +19,7 @@ class JaxJitStep(CompiledStep):
     and optimizer-slot structure (so: the first step, the full batches, the last partial batch);
     every other step replays the compiled function with no Python in between."""
 
-    def bind(self, model, loss_fn, optimizer, backend, dtype):
+    def bind(self, model: Sequential, loss_fn: Loss, optimizer: Optimizer, backend: Backend, dtype: str) -> None:
         if not isinstance(backend.adapter, JaxAdapter):
             raise BackendError(f"JaxJitStep compiles JAX steps; the backend is {backend.label}")
         import jax
@@ -21,13 +28,13 @@ class JaxJitStep(CompiledStep):
         self.traces = 0
         pure = pure_step(model, loss_fn, optimizer)
 
-        def counted(*args):
+        def counted(*args: Any) -> tuple[Array, dict, dict, dict]:
             self.traces += 1  # runs only while JAX traces
             return pure(*args)
 
         self.compiled = jax.jit(counted)
 
-    def step(self, batch):
+    def step(self, batch: tuple) -> Array:
         x, y, noise = unpack(batch)
         self._prime(x)
         self.optimizer.steps += 1

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
-from xpcnn.backends import limit_blas_threads
+from xpcnn.backends import Array, Backend, limit_blas_threads
 from xpcnn.training.executors.base import (
     StepExecutor,
     forward_backward,
@@ -17,8 +19,13 @@ from xpcnn.training.executors.base import (
 )
 from xpcnn.training.executors.whole import WholeBatchStep
 
+if TYPE_CHECKING:
+    from xpcnn.nn.losses import Loss
+    from xpcnn.nn.sequential import Sequential
+    from xpcnn.optim import Optimizer
 
-def _count(value, name: str, minimum: int) -> int:
+
+def _count(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"SplitStep: {name} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -44,14 +51,14 @@ class SplitStep(StepExecutor):
     Each thread runs its shares on its own copy of the layers (layers keep their activations from
     forward to backward, so two threads cannot share one).  On a GPU neither helps: use neither."""
 
-    def __init__(self, threads: int = 1, chunk: int | None = None):
+    def __init__(self, threads: int = 1, chunk: int | None = None) -> None:
         self.threads = _count(threads, "threads", 1)
         self.chunk = None if chunk is None else _count(chunk, "chunk", 1)
         if self.threads == 1 and self.chunk is None:
             raise ValueError("SplitStep: give threads >= 2 or a chunk size (otherwise there is nothing to split)")
-        self.pool = None
+        self.pool: ThreadPoolExecutor | None = None
 
-    def bind(self, model, loss_fn, optimizer, backend, dtype):
+    def bind(self, model: Sequential, loss_fn: Loss, optimizer: Optimizer, backend: Backend, dtype: str) -> None:
         refuse_batch_statistics(model, "SplitStep", "--threads/--chunk")
         super().bind(model, loss_fn, optimizer, backend, dtype)
         self.replicas = [copy.deepcopy(model) for _ in range(self.threads)]
@@ -60,14 +67,14 @@ class SplitStep(StepExecutor):
             self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="xpcnn-step")
 
     @contextlib.contextmanager
-    def running(self):
+    def running(self) -> Iterator[StepExecutor]:
         if self.threads == 1:
             yield self
         else:
             with limit_blas_threads(self.backend, 1):
                 yield self
 
-    def gradients(self, x, y, noise: dict | None = None):
+    def gradients(self, x: Array, y: Array, noise: dict | None = None) -> Array:
         """Forward and backward of the whole batch as shares; leaves the summed gradients in the
         model's layers and returns the batch loss (a device array).  No update.  ``noise`` (the
         whole batch's) is sliced along the batch axis for each share."""
@@ -76,7 +83,7 @@ class SplitStep(StepExecutor):
         shares = share_bounds(n, pieces)
         params = list(self.model.named_parameters())
 
-        def run_thread(t):
+        def run_thread(t: int) -> tuple[Array, Any]:
             """Thread t's shares t, t + threads, ...: (weighted loss, summed gradients per layer)."""
             replica, loss_fn = self.replicas[t], self.losses[t]
             for name, value in params:
@@ -93,15 +100,16 @@ class SplitStep(StepExecutor):
 
         # The calling thread runs thread 0's shares itself while the pool runs the others.
         busy = range(min(self.threads, len(shares)))
-        assert self.pool is not None  # made by running()
-        others = [self.pool.submit(run_thread, t) for t in busy[1:]]
+        if len(busy) > 1 and self.pool is None:
+            raise RuntimeError("SplitStep: a step with threads runs inside executor.running()")
+        others = [self.pool.submit(run_thread, t) for t in busy[1:]] if self.pool is not None else []
         results = [run_thread(0)] + [future.result() for future in others]
         for index, layer in enumerate(self.model.layers):
             layer.grads = {name: ordered_sum([grads[index][name] for _, grads in results])
                            for name in results[0][1][index]}
         return ordered_sum([loss for loss, _ in results])
 
-    def step(self, batch):
+    def step(self, batch: tuple) -> Array:
         loss = self.gradients(*batch)
         self.optimizer.step(self.model)
         return loss
