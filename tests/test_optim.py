@@ -173,3 +173,47 @@ def test_decay_filter_exempts_parameters():
 def test_bad_weight_decay(wd):
     with pytest.raises(ValueError, match="weight_decay must be a number >= 0"):
         SGD(lr=0.1, weight_decay=wd)
+
+
+# -- Nesterov momentum ------------------------------------------------------------------------
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_nesterov_matches_torch(weight_decay):
+    """SGD(nesterov=True) against torch.optim.SGD(nesterov=True) over six steps in float64, with a
+    learning-rate change half way and with and without L2 weight decay."""
+    torch = pytest.importorskip("torch")
+    model = Sequential(Dense(3, 2, rng=1))
+    w, b = _torch_twin(model, torch)
+    optimizer = SGD(lr=0.1, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    reference = torch.optim.SGD([w, b], lr=0.1, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    _follow_torch(model, optimizer, reference, w, b, steps=6, halve_lr_at=3)
+
+
+def test_nesterov_on_every_backend(backend):
+    """Two steps of v = m v + g, new = old - lr (g + m v) on every backend, against the rule on the host."""
+    model = Sequential(Dense(3, 2, rng=1)).to(backend, dtype="float64")
+    optimizer = SGD(lr=0.5, momentum=0.8, nesterov=True)
+    params = {name: to_numpy(value).copy() for name, value in model.named_parameters()}
+    velocity = {name: np.zeros_like(value) for name, value in params.items()}
+    for step in range(2):
+        rng = np.random.default_rng(step)
+        x = backend.asarray(rng.standard_normal((4, 3)), "float64")
+        y = backend.asarray(rng.standard_normal((4, 2)), "float64")
+        loss = MSELoss()
+        loss(model(x), y)
+        model.backward(loss.backward())
+        grads = {name: to_numpy(value) for name, value in model.named_gradients()}
+        optimizer.step(model)
+        for name in params:
+            velocity[name] = 0.8 * velocity[name] + grads[name]
+            params[name] = params[name] - 0.5 * (grads[name] + 0.8 * velocity[name])
+            np.testing.assert_allclose(model.state_dict()[name], params[name], rtol=1e-14, atol=1e-15)
+    assert set(optimizer.state_dict()) == {"steps", "0.weight/velocity", "0.bias/velocity"}
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(momentum=0.0, nesterov=True), ValueError, "SGD: nesterov needs a momentum > 0"),
+    (dict(momentum=0.9, nesterov=1), TypeError, "SGD: nesterov must be True or False, got 1"),
+])
+def test_bad_nesterov(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        SGD(lr=0.1, **kwargs)

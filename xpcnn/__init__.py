@@ -3,6 +3,7 @@
 from xpcnn import data, training
 from xpcnn.backends import Backend, BackendError, available, from_numpy, resolve, to_numpy, transfer
 from xpcnn.nn import (
+    GELU,
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
@@ -11,6 +12,8 @@ from xpcnn.nn import (
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
     MaxPool2D,
     MSELoss,
     ReLU,
@@ -29,7 +32,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "BackendError", "resolve", "to_numpy", "from_numpy", "transfer", "available",
-    "Conv2D", "Dense", "Sigmoid", "Tanh", "ReLU", "Flatten", "MaxPool2D", "AvgPool2D",
+    "Conv2D", "Dense", "Sigmoid", "Tanh", "ReLU", "Flatten", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
+    "LeakyReLU", "GELU",
     "Dropout", "BatchNorm1D", "BatchNorm2D",
     "Sequential", "StateDictError", "MSELoss", "BCELoss", "SoftmaxCrossEntropyLoss", "SGD", "Adam", "AdamW",
     "check_gradients", "assert_gradients_ok", "data", "networks", "parity", "training",

@@ -20,6 +20,7 @@ from xpcnn.io.checkpoint import CheckpointError
 from xpcnn.nn.spec import SPEC_HELP
 from xpcnn.tools.parity import compare_run
 from xpcnn.training import PRESETS
+from xpcnn.training.config import SCHEDULES
 from xpcnn.training.hostmem import keep_freed_memory
 from xpcnn.training.run import Outcome, RunOptions, Unavailable, UsageError, train
 
@@ -68,13 +69,30 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="network and hyper-parameters: 'default' conv 5x5x16-ReLU-maxpool-dense (MNIST); 'article' the "
                         "article's network (MNIST); 'lenet5' LeNet-5 adapted to the input size; 'vgg' a small "
-                        "VGG for 3x32x32 colour images (batch norm, dropout)")
+                        "VGG for 3x32x32 colour images (batch norm, dropout); 'resnet20' He et al.'s CIFAR "
+                        "ResNet-20 (residual blocks, 0.27M parameters); 'mobilenet' a small depthwise-separable "
+                        "network (the last two for any CxHxW images)")
     p.add_argument("--task", choices=TASKS, help="binary (digit > 4, the article's) or multiclass")
     p.add_argument("--epochs", type=int, help="passes over the training data (preset default; compare mode: 1)")
     p.add_argument("--batch-size", type=int, help="images per gradient step")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--lr-decay", type=float,
-                   help="multiply the learning rate by this each epoch (default preset 0.8, article 1.0)")
+                   help="multiply the learning rate by this each epoch (default preset 0.8, article 1.0); with "
+                        "--schedule step or plateau, the factor of each cut")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="the learning rate over the run: exp (default) lr * decay^epoch; step lr * decay^floor(epoch "
+                        "/ step-size); cosine from lr down to --lr-min, per step; plateau x decay when the validation "
+                        "loss has not improved for more than --patience epochs (torch's ReduceLROnPlateau)")
+    p.add_argument("--warmup", type=int, metavar="EPOCHS",
+                   help="first raise the learning rate linearly, step by step, over this many epochs: "
+                        "lr * (step + 1) / (warm-up steps); the schedule starts after it (default 0)")
+    p.add_argument("--step-size", type=int, metavar="EPOCHS",
+                   help="--schedule step: cut the learning rate every this many epochs (default 5)")
+    p.add_argument("--patience", type=int, metavar="EPOCHS",
+                   help="--schedule plateau: epochs without a better validation loss (by 0.01%%) that are tolerated; "
+                        "the next one cuts the learning rate (default 2)")
+    p.add_argument("--lr-min", type=float,
+                   help="--schedule cosine: the rate it ends at; plateau: the lowest rate (default 0)")
     p.add_argument("--optimizer", choices=("sgd", "momentum", "adam", "adamw"),
                    help="sgd (the article's rule), momentum, adam, adamw (decoupled weight decay)")
     p.add_argument("--shift", type=int, metavar="PIXELS",
@@ -84,6 +102,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    help="scale each channel by the training split's mean and std (stored in checkpoints; "
                         "default: the preset's, on for vgg)")
     p.add_argument("--momentum", type=float, help="momentum for --optimizer momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true", default=None,
+                   help="Nesterov momentum for --optimizer momentum (as torch.optim.SGD(nesterov=True))")
     p.add_argument("--init", choices=("uniform", "glorot", "he"),
                    help="weight initialiser (preset default: article uniform U[0,1), default he)")
     p.add_argument("--seed", type=int, help="seed for weights, batch order and augmentation (default 0)")
@@ -121,7 +141,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
 
 CONFIG_FLAGS = ("task", "epochs", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "seed", "init", "dtype",
-                "weight_decay", "normalize", "model", "shift")
+                "weight_decay", "normalize", "model", "shift", "schedule", "warmup", "step_size", "patience", "lr_min",
+                "nesterov")
 OPTION_FLAGS = tuple(f.name for f in dataclasses.fields(RunOptions) if f.name != "settings")
 
 

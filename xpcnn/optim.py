@@ -117,15 +117,22 @@ class Optimizer:
 
 class SGD(Optimizer):
     """The article's rule, new = old - lr * grad; with ``momentum`` m > 0:
-    v = m v + grad, new = old - lr * v (PyTorch's convention).  ``weight_decay`` wd:
-    grad + wd * old in place of grad (L2, as ``torch.optim.SGD``)."""
+    v = m v + grad, new = old - lr * v (PyTorch's convention; v = grad on the first step).
+    ``nesterov=True`` (needs m > 0): Nesterov's momentum as ``torch.optim.SGD(nesterov=True)``
+    writes it, v = m v + grad, new = old - lr * (grad + m v): the step looks ahead along the new
+    velocity.  ``weight_decay`` wd: grad + wd * old in place of grad (L2, as ``torch.optim.SGD``)."""
 
     SLOTS = ("velocity",)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
-                 decay_filter: Callable[[str], bool] | None = None) -> None:
+                 decay_filter: Callable[[str], bool] | None = None, nesterov: bool = False) -> None:
         super().__init__(lr, weight_decay, decay_filter)
         self.momentum = within(number(momentum, "momentum", "SGD"), "momentum", "SGD", 0, 1, high_open=True)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("SGD: nesterov needs a momentum > 0")
+        self.nesterov = nesterov
 
     def slots(self) -> tuple[str, ...]:
         """The velocity with momentum; nothing without."""
@@ -137,7 +144,8 @@ class SGD(Optimizer):
         if self.momentum == 0.0:
             return param - lr * grad, {}
         velocity = grad if "velocity" not in slots else self.momentum * slots["velocity"] + grad
-        return param - lr * velocity, {"velocity": velocity}
+        step = grad + self.momentum * velocity if self.nesterov else velocity
+        return param - lr * step, {"velocity": velocity}
 
 
 class Adam(Optimizer):

@@ -347,3 +347,87 @@ def test_compare_fits_the_config_to_the_data(capsys, tmp_path):
     line = usage_error(capsys, "--compare", "numpy,array_api_strict", "--data", str(tmp_path / "rgb.npz"),
                        "--out", str(tmp_path / "o"))
     assert "--preset default: preset 'default' is MNIST's network (1x28x28 images); these images are 3x9x11" in line
+
+
+# -- learning-rate schedules and Nesterov momentum ---------------------------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    (["--schedule", "linear"], "argument --schedule: invalid choice: 'linear'"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--warmup", "1.5"], "argument --warmup: invalid int value: '1.5'"),
+    (["--schedule", "step", "--step-size", "0"], "--step-size must be >= 1, got 0"),
+    (["--schedule", "plateau", "--patience", "-1"], "--patience must be >= 0, got -1"),
+    (["--schedule", "cosine", "--lr-min", "-1"], "--lr-min must be a non-negative number, got -1.0"),
+    (["--schedule", "cosine", "--lr-min", "0.5"], "--lr-min must be below lr (0.05), got 0.5"),
+    (["--step-size", "3"], "--step-size is for --schedule step; this run's schedule is exp"),
+    (["--schedule", "cosine", "--patience", "1"],
+     "--patience is for --schedule plateau; this run's schedule is cosine"),
+    (["--lr-min", "0.001"], "--lr-min is for --schedule cosine or plateau; this run's schedule is exp"),
+    (["--schedule", "cosine", "--lr-decay", "0.5"],
+     "--lr-decay is for --schedule exp, step or plateau; this run's schedule is cosine"),
+    (["--schedule", "plateau", "--compare", "numpy,array_api_strict"],
+     "--schedule plateau follows the validation loss, which --compare does not compute"),
+    (["--optimizer", "adam", "--nesterov"], "--nesterov is for optimizer momentum; this run's optimizer is adam"),
+    (["--preset", "article", "--nesterov"], "--nesterov is for optimizer momentum; this run's optimizer is sgd"),
+    (["--momentum", "0", "--nesterov"], "--nesterov needs momentum > 0, got 0"),
+])
+def test_schedule_and_nesterov_usage_errors_exit_2(capsys, tmp_path, argv, message):
+    assert message in usage_error(capsys, *argv, "--out", str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out" / "metrics.json")
+
+
+def test_plateau_without_validation_images_is_a_usage_error(capsys, tmp_path):
+    dataset = data.load_embedded()
+    path = tmp_path / "nine.npz"  # 9 training images: none held out for validation (10% of them is 0)
+    np.savez(path, x_train=dataset.train.images[:9], y_train=dataset.train.labels[:9])
+    line = usage_error(capsys, "--data", str(path), "--schedule", "plateau", "--out", str(tmp_path / "o"))
+    assert line.endswith(f"--schedule plateau follows the validation loss, and {path} has no validation images")
+
+
+def test_a_scheduled_run_resumes_bitwise_and_keeps_its_schedule(capsys, tmp_path, tiny_npz):
+    common = ["--data", tiny_npz, "--batch-size", "50", "--schedule", "step", "--step-size", "1", "--lr-decay", "0.5",
+              "--warmup", "1", "--quiet"]
+    assert main([*common, "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
+    assert "batch 50, momentum lr 0.05 (x0.5 every 1 epoch, warmup 1)\n" in capsys.readouterr().out
+    assert main([*common, "--epochs", "2", "--out", str(tmp_path / "b")]) == 0
+    checkpoint = str(tmp_path / "b" / "checkpoint.npz")
+    assert "--schedule (step in the checkpoint)" in usage_error(
+        capsys, "--resume", checkpoint, "--schedule", "cosine", "--out", str(tmp_path / "b"))
+    assert main(["--resume", checkpoint, "--data", tiny_npz, "--epochs", "3", "--out", str(tmp_path / "b"),
+                 "--quiet"]) == 0
+    assert "(x0.5 every 1 epoch, warmup 1); resuming at epoch 3" in capsys.readouterr().out
+    a, b = np.load(tmp_path / "a" / "checkpoint.npz"), np.load(tmp_path / "b" / "checkpoint.npz")
+    for key in a.files:
+        if key.startswith(("param/", "optim/")):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    metrics_a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics_b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics_a["step_losses"] == metrics_b["step_losses"]
+    assert metrics_b["config"]["schedule"] == "step" and metrics_b["config"]["warmup"] == 1
+
+
+def test_nesterov_from_the_cli_trains_as_a_hand_built_trainer(capsys, tmp_path, tiny_npz):
+    import dataclasses
+
+    from xpcnn import resolve
+    from xpcnn.training import PRESETS, Trainer
+
+    assert main(["--data", tiny_npz, "--nesterov", "--momentum", "0.8", "--schedule", "cosine", "--epochs", "1",
+                 "--batch-size", "40", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    assert "batch 40, nesterov momentum lr 0.05 (cosine)\n" in capsys.readouterr().out
+    loaded = data.load(tiny_npz)
+    config = dataclasses.replace(PRESETS["default"], nesterov=True, momentum=0.8, schedule="cosine", epochs=1,
+                                 batch_size=40)
+    with Trainer(config, resolve("numpy")) as trainer:
+        assert trainer.optimizer.nesterov
+        trainer.fit(loaded.train, loaded.validation)
+        trainer.save(tmp_path / "lib.npz")
+    cli, lib = np.load(tmp_path / "cli" / "checkpoint.npz"), np.load(tmp_path / "lib.npz")
+    assert sorted(cli.files) == sorted(lib.files)
+    for key in cli.files:
+        if key != "meta":
+            np.testing.assert_array_equal(cli[key], lib[key], err_msg=key)
+    with Trainer(dataclasses.replace(config, nesterov=False), resolve("numpy")) as plain:
+        plain.fit(loaded.train, loaded.validation)
+    assert any(not np.array_equal(value, lib[f"param/{name}"])  # (Nesterov's momentum is another step)
+               for name, value in plain.model.state_dict().items())

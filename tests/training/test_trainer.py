@@ -397,3 +397,13 @@ def test_a_colour_dataset_with_k_classes_learns_and_reports_a_k_by_k_confusion_m
         evaluation = trainer.test(test)
     assert evaluation.confusion.shape == (3, 3) and evaluation.confusion.sum() == 90
     assert evaluation.accuracy > 0.8
+
+
+def test_on_step_start_comes_before_every_step_with_the_steps_done_so_far(small):
+    train, _ = small
+    seen = []
+    with Trainer(dataclasses.replace(SMALL, epochs=2), resolve("numpy")) as trainer:
+        trainer.fit(train.take(100), extensions=[Lambda(on_step_start=lambda t: seen.append(
+            (t.state.epoch, t.state.step_in_epoch, t.state.global_step, len(t.state.step_losses))))])
+    assert [entry[:3] for entry in seen] == [(0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3)]
+    assert all(losses <= done for _, _, done, losses in seen)  # (losses are read back every few steps)

@@ -11,8 +11,10 @@ module                 what it holds
                        (what ``xpcnn train`` does; data-parallel and compiled runs too)
 ``trainer``            :class:`Trainer`: the loop, evaluation, save and resume
 ``executors``          the step-executor contract; :class:`WholeBatchStep`, :class:`SplitStep`
-``extensions``         the extension protocol; schedule, divergence check, evaluator, progress
-                       bar, printed and JSON-lines logs, checkpoints, metrics, plots, early stop
+``extensions``         the extension protocol; divergence check, evaluator, progress bar,
+                       printed and JSON-lines logs, checkpoints, metrics, plots, early stop
+``schedules``          the learning-rate schedules (extensions): exp, step, cosine, plateau,
+                       each after an optional linear warm-up
 ``snapshot``           the checkpoint record, and the check of every field when it is read
 ``metrics``            confusion matrix and the final evaluation's result
 ``hostmem``            keep freed host memory for the next step (entry points only)
@@ -21,7 +23,7 @@ module                 what it holds
 
 from xpcnn.data.transforms import random_shift
 from xpcnn.training.builders import build_loss, build_model, build_optimizer
-from xpcnn.training.config import PRESETS, TASKS, Config, ConfigError, ResumeMismatch, resume_config
+from xpcnn.training.config import PRESETS, SCHEDULES, TASKS, Config, ConfigError, ResumeMismatch, resume_config
 from xpcnn.training.executors import SplitStep, StepExecutor, WholeBatchStep, make_executor
 from xpcnn.training.extensions import (
     Checkpointer,
@@ -29,7 +31,6 @@ from xpcnn.training.extensions import (
     DivergenceCheck,
     EarlyStopping,
     Evaluator,
-    ExponentialDecay,
     Extension,
     FinalEvaluation,
     Lambda,
@@ -41,13 +42,24 @@ from xpcnn.training.extensions import (
     standard_extensions,
 )
 from xpcnn.training.metrics import Evaluation, confusion_matrix
+from xpcnn.training.schedules import (
+    Clock,
+    CosineAnnealing,
+    ExponentialDecay,
+    ReduceOnPlateau,
+    Schedule,
+    StepDecay,
+    schedule_from_config,
+)
 from xpcnn.training.trainer import Interrupted, Trainer, TrainState, config_from_checkpoint
 
 __all__ = [
-    "random_shift", "build_loss", "build_model", "build_optimizer", "PRESETS", "TASKS", "Config", "ConfigError",
+    "random_shift", "build_loss", "build_model", "build_optimizer", "PRESETS", "SCHEDULES", "TASKS", "Config",
+    "ConfigError",
     "ResumeMismatch", "resume_config", "SplitStep", "StepExecutor", "WholeBatchStep", "make_executor",
     "Checkpointer", "Diverged", "DivergenceCheck", "EarlyStopping", "Evaluator", "ExponentialDecay", "Extension",
     "FinalEvaluation", "Lambda", "LogReport", "MetricsWriter", "PlotReport", "PrintReport", "ProgressBar",
-    "standard_extensions", "Evaluation", "confusion_matrix", "Interrupted", "Trainer", "TrainState",
+    "standard_extensions", "Evaluation", "confusion_matrix", "Clock", "CosineAnnealing", "ReduceOnPlateau",
+    "Schedule", "StepDecay", "schedule_from_config", "Interrupted", "Trainer", "TrainState",
     "config_from_checkpoint",
 ]

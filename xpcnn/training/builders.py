@@ -20,11 +20,12 @@ def build_loss(config: Config) -> MSELoss | BCELoss | SoftmaxCrossEntropyLoss:
 
 
 def build_optimizer(config: Config) -> Optimizer:
-    """sgd, momentum, adam (weight decay as L2) or adamw (decoupled), with the config's weight decay
-    on every parameter."""
+    """sgd, momentum (Nesterov's with ``nesterov``), adam (weight decay as L2) or adamw (decoupled),
+    with the config's weight decay on every parameter."""
     decay = config.weight_decay
     if config.optimizer == "adam":
         return Adam(config.lr, weight_decay=decay)
     if config.optimizer == "adamw":
         return AdamW(config.lr, weight_decay=decay)
-    return SGD(config.lr, momentum=config.momentum if config.optimizer == "momentum" else 0.0, weight_decay=decay)
+    return SGD(config.lr, momentum=config.momentum if config.optimizer == "momentum" else 0.0, weight_decay=decay,
+               nesterov=config.nesterov)  # (Config allows nesterov with optimizer momentum only)

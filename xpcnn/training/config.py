@@ -19,7 +19,8 @@ from xpcnn.nn.init import INITIALISERS
 from xpcnn.nn.losses import LOSSES
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-PRESET_NAMES = ("default", "article", "lenet5", "vgg")
+SCHEDULES = ("exp", "step", "cosine", "plateau")  # the learning-rate schedules (xpcnn.training.schedules)
+PRESET_NAMES = ("default", "article", "lenet5", "vgg", "resnet20", "mobilenet")
 
 
 class ConfigError(ValueError):
@@ -85,12 +86,22 @@ class Config:
     dtype: str = "float32"
     train_count: int | None = None  # use only the first N training images (the article: 200)
     shift: int = 2  # augmentation: random translation of each training image by up to this many pixels
-    lr_decay: float = 0.8  # the learning rate of epoch e (from 0) is lr * lr_decay ** e
+    lr_decay: float = 0.8  # schedule exp: the learning rate of epoch e (from 0) is lr * lr_decay ** e
     model: str | None = None  # a network spec (xpcnn.nn.presets.SPEC_HELP); None: the preset's network
     image_shape: tuple = (1, 28, 28)  # (C, H, W) of the images: the data's
     classes: int = 10  # K, the number of classes: the data's
     normalize: bool = False  # scale each channel by the training split's mean and std
     weight_decay: float = 0.0  # L2 (sgd, momentum, adam) or decoupled (adamw)
+    # The learning-rate schedule (xpcnn.training.schedules has each one's formula): exp, step, cosine
+    # or plateau, after ``warmup`` epochs of linear warm-up; ``lr_decay`` is the factor of exp, step
+    # (every ``step_size`` epochs) and plateau (after more than ``patience`` epochs without a better
+    # validation loss); ``lr_min`` is where cosine ends and the floor of plateau.
+    schedule: str = "exp"
+    warmup: int = 0
+    step_size: int = 5
+    patience: int = 2
+    lr_min: float = 0.0
+    nesterov: bool = False  # Nesterov momentum (optimizer momentum only)
 
     def __post_init__(self) -> None:
         check_choice("preset", self.preset, PRESET_NAMES)
@@ -122,6 +133,19 @@ class Config:
         if not isinstance(self.normalize, bool):
             raise ConfigError("normalize", f"must be true or false, got {self.normalize!r}")
         self.weight_decay = check_number("weight_decay", self.weight_decay, "[0, 1)")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_integer("warmup", self.warmup, 0, 100_000)
+        check_integer("step_size", self.step_size, 1, 100_000)
+        check_integer("patience", self.patience, 0, 100_000)
+        self.lr_min = check_number("lr_min", self.lr_min, "[0, inf)")
+        if self.lr_min >= self.lr:
+            raise ConfigError("lr_min", f"must be below lr ({self.lr:g}), got {self.lr_min:g}")
+        if not isinstance(self.nesterov, bool):
+            raise ConfigError("nesterov", f"must be true or false, got {self.nesterov!r}")
+        if self.nesterov and self.optimizer != "momentum":
+            raise ConfigError("nesterov", f"is for optimizer momentum; this run's optimizer is {self.optimizer}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov", "needs momentum > 0, got 0")
         self.loss = task_loss(self.task, self.loss)  # ten logits: softmax cross-entropy; one output: BCE or MSE
 
     @property
@@ -139,8 +163,9 @@ class Config:
         for key in values:
             if key not in names:
                 raise ConfigError(str(key), "is not a configuration field")
-        defaults = {"model": None, "image_shape": (1, 28, 28), "classes": 10, "normalize": False, "weight_decay": 0.0}
-        for name in names:  # round-1 records lack the fields added since; they take MNIST's values
+        defaults = {"model": None, "image_shape": (1, 28, 28), "classes": 10, "normalize": False, "weight_decay": 0.0,
+                    "schedule": "exp", "warmup": 0, "step_size": 5, "patience": 2, "lr_min": 0.0, "nesterov": False}
+        for name in names:  # older records lack the fields added since; they take the values of then
             if name not in values and name not in defaults:
                 raise ConfigError(name, "is missing")
         return cls(**{**defaults, **values})
@@ -158,6 +183,13 @@ PRESETS = {
     # a small VGG for 3x32x32 (CIFAR-10-like): two conv blocks with batch norm, dense 128, dropout
     "vgg": Config(preset="vgg", image_shape=(3, 32, 32), epochs=20, batch_size=64, optimizer="adam", lr=1e-3,
                   lr_decay=0.9, normalize=True, weight_decay=5e-4),
+    # He et al. 2016's CIFAR ResNet-20 (xpcnn.nn.presets): SGD + momentum 0.9 from lr 0.1, weight decay
+    # 1e-4 and batches of 128 as the paper; a cosine schedule over 30 epochs for its 164; shifts of 4 pixels
+    "resnet20": Config(preset="resnet20", image_shape=(3, 32, 32), epochs=30, batch_size=128, optimizer="momentum",
+                       momentum=0.9, lr=0.1, weight_decay=1e-4, normalize=True, shift=4, schedule="cosine"),
+    # a small depthwise-separable network (xpcnn.nn.presets): the same recipe, batches of 64, 20 epochs
+    "mobilenet": Config(preset="mobilenet", image_shape=(3, 32, 32), epochs=20, batch_size=64, optimizer="momentum",
+                        momentum=0.9, lr=0.05, weight_decay=5e-5, normalize=True, shift=4, schedule="cosine"),
 }
 
 

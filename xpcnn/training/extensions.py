@@ -1,11 +1,12 @@
 """Extensions: everything the training loop does besides looping.
 
-The loop (:meth:`Trainer.fit <xpcnn.training.Trainer.fit>`) calls each extension at five points;
+The loop (:meth:`Trainer.fit <xpcnn.training.Trainer.fit>`) calls each extension at these points;
 an extension overrides the ones it needs (the model is Chainer's ``chainer.training.Extension``,
 with events instead of triggers)::
 
     on_fit_start(trainer)            before the first step of a fit (also a resumed one)
     on_epoch_start(trainer)          before each epoch's first step (a resumed epoch too)
+    on_step_start(trainer)           before each step (trainer.state counts the steps done before it)
     on_losses(trainer, values)       each time the loop reads step losses back from the device
                                      (host floats, in step order; not yet in trainer.state)
     on_epoch_end(trainer, record)    after each epoch; ``record`` is the epoch's entry in
@@ -16,9 +17,9 @@ with events instead of triggers)::
 
 Extensions run in order of ``priority`` (higher first), as in Chainer: ``WRITER`` extensions add
 to what others read (the evaluator adds the validation metrics to the epoch's record; the divergence
-check stops bad losses before anyone sees them), ``EDITOR`` ones change the run (learning-rate
-schedule, early stop), ``READER`` ones report (progress bar, printed lines, log files,
-checkpoints, plots).  Extensions that print or write files do so only on the main process
+check stops bad losses before anyone sees them), ``EDITOR`` ones change the run (the learning-rate
+schedules of :mod:`~xpcnn.training.schedules`, early stop), ``READER`` ones report (progress bar,
+printed lines, log files, checkpoints, plots).  Extensions that print or write files do so only on the main process
 (``trainer.is_main``; data-parallel runs have one per rank).
 """
 
@@ -64,6 +65,7 @@ class Extension:
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
     def on_epoch_start(self, trainer: Trainer) -> None: ...
+    def on_step_start(self, trainer: Trainer) -> None: ...
     def on_losses(self, trainer: Trainer, values: list[float]) -> None: ...
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None: ...
     def on_interrupt(self, trainer: Trainer) -> None: ...
@@ -71,20 +73,8 @@ class Extension:
     def close(self) -> None: ...
 
 
-# -- part of every run (the Trainer adds these from its Config) ------------------------------------
-
-class ExponentialDecay(Extension):
-    """The learning rate of epoch e (from 0) is ``lr * decay ** e``: a function of the epoch, so a
-    resumed run gets the same rate as an uninterrupted one."""
-
-    priority = PRIORITY_EDITOR
-
-    def __init__(self, lr: float, decay: float) -> None:
-        self.lr, self.decay = lr, decay
-
-    def on_epoch_start(self, trainer: Trainer) -> None:
-        trainer.optimizer.lr = self.lr * self.decay ** trainer.state.epoch
-
+# -- part of every run (the Trainer adds these from its Config, and the schedule it names:
+# xpcnn.training.schedules) -------------------------------------------------------------------------
 
 class DivergenceCheck(Extension):
     """Raises :class:`Diverged` at the first non-finite step loss (before it is recorded)."""
@@ -309,8 +299,8 @@ class Lambda(Extension):
     """An extension from plain functions: ``Lambda(on_epoch_end=lambda trainer, record: ...)``."""
 
     def __init__(self, priority: int = PRIORITY_READER, **hooks: Callable[..., object]) -> None:
-        unknown = set(hooks) - {"on_fit_start", "on_epoch_start", "on_losses", "on_epoch_end", "on_interrupt",
-                                "on_fit_end", "close"}
+        unknown = set(hooks) - {"on_fit_start", "on_epoch_start", "on_step_start", "on_losses", "on_epoch_end",
+                                "on_interrupt", "on_fit_end", "close"}
         if unknown:
             raise TypeError(f"Lambda: unknown event(s) {', '.join(sorted(unknown))}")
         self.priority = priority

@@ -54,6 +54,7 @@ from xpcnn.training.config import (
 )
 from xpcnn.training.executors import StepExecutor
 from xpcnn.training.extensions import Diverged, Extension, standard_extensions
+from xpcnn.training.schedules import describe_schedule
 from xpcnn.training.snapshot import read as read_checkpoint
 from xpcnn.training.trainer import Interrupted, Trainer, last_batch_problem, stop_on_signals
 
@@ -141,6 +142,8 @@ def check_options(options: RunOptions, job: Job | None = None) -> None:
     _refuse(options.compile and split, "--compile",
             "--compile runs whole batches through the compiled step; drop --threads/--chunk")
     _refuse(compare and options.resume, "--compare", "--compare and --resume cannot be combined")
+    _refuse(compare and options.settings.get("schedule") == "plateau", "--schedule",
+            "--schedule plateau follows the validation loss, which --compare does not compute; choose another schedule")
     _refuse(compare and (options.backend or options.device), "--compare",
             "--compare names its own backends; drop --backend/--device")
     problem = check_writable_dir(options.out) if job is None or job.is_main else None
@@ -193,7 +196,16 @@ def run_config(options: RunOptions) -> Config:
             raise UsageError("--resume", f"--resume: {exc}") from None
     _refuse(settings.get("momentum") is not None and config.optimizer != "momentum", "--momentum",  # else ignored
             f"--momentum is for --optimizer momentum; this run's optimizer is {config.optimizer}")
+    for name, schedules, which in SCHEDULE_FLAGS:  # each flag of a schedule, given to another one: else ignored
+        _refuse(settings.get(name) is not None and config.schedule not in schedules, _flag(name),
+                f"{_flag(name)} is for --schedule {which}; this run's schedule is {config.schedule}")
     return config
+
+
+# The flags that only some schedules read: (setting, those schedules, them in words).
+SCHEDULE_FLAGS = (("lr_decay", ("exp", "step", "plateau"), "exp, step or plateau"),
+                  ("step_size", ("step",), "step"), ("patience", ("plateau",), "plateau"),
+                  ("lr_min", ("cosine", "plateau"), "cosine or plateau"))
 
 
 def run_backend(options: RunOptions, job: Job | None = None) -> Backend:
@@ -289,6 +301,9 @@ def prepare_run(options: RunOptions, job: Job | None = None) -> Run:
                 f"--eval-data: its images are {datasets.shape_text(evaluation.image_shape)}, the training images "
                 f"{datasets.shape_text(dataset.image_shape)}")
     config, model = fit_to_data(options, config, dataset)
+    _refuse(config.schedule == "plateau" and not (dataset.validation is not None and len(dataset.validation)),
+            "--schedule", f"--schedule plateau follows the validation loss, and {dataset.source} has no validation "
+                          f"images")
     final = evaluation.test if evaluation is not None else dataset.validation
     extensions = standard_extensions(
         out=options.out, test=final, source=dataset.source,
@@ -338,8 +353,8 @@ def header(run: Run, trainer: Trainer) -> str:
     return (f"xpcnn: preset {config.preset}, task {config.task}, {trainer.backend.label}, {config.dtype}; "
             f"{training_count(config, dataset)} training / {len(dataset.validation) if dataset.validation else 0} "
             f"validation images ({dataset.source}); {config.epochs} epochs, batch {config.batch_size}, "
-            f"{config.optimizer} lr {config.lr}"
-            + (f" (x{config.lr_decay:g} per epoch)" if config.lr_decay != 1 else "")
+            f"{'nesterov ' if config.nesterov else ''}{config.optimizer} lr {config.lr}"
+            + (f" ({schedule})" if (schedule := describe_schedule(config)) else "")
             + (f"; {executor}" if executor else "")
             + (f"; resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}"
                if run.options.resume else ""))

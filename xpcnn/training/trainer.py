@@ -41,8 +41,9 @@ from xpcnn.training import snapshot
 from xpcnn.training.builders import build_loss, build_model, build_optimizer
 from xpcnn.training.config import Config, ResumeMismatch, resume_config
 from xpcnn.training.executors import StepExecutor, make_executor
-from xpcnn.training.extensions import DivergenceCheck, Evaluator, ExponentialDecay, Extension
+from xpcnn.training.extensions import DivergenceCheck, Evaluator, Extension
 from xpcnn.training.metrics import Evaluation, confusion_matrix
+from xpcnn.training.schedules import ReduceOnPlateau, schedule_from_config
 
 
 class Interrupted(RuntimeError):
@@ -77,6 +78,12 @@ def last_batch_problem(model: Layer, images: int, batch_size: int) -> str | None
     return None
 
 
+def _validates(extension: Extension) -> bool:
+    """Whether ``extension`` adds a validation loss to each epoch's record (what plateau follows)."""
+    return (isinstance(extension, Evaluator) and extension.prefix == "val" and extension.split is not None
+            and len(extension.split) > 0)
+
+
 @contextlib.contextmanager
 def stop_on_signals(trainer: Trainer) -> Iterator[dict]:
     """Within: SIGINT or SIGTERM asks ``trainer`` to stop after the current step (its
@@ -108,7 +115,8 @@ class Trainer:
 
     ``executor`` runs each step (default :class:`~xpcnn.training.executors.WholeBatchStep`, or a
     :class:`~xpcnn.training.executors.SplitStep` for ``threads``/``chunk``); ``extensions`` add to
-    the ones every run has (the config's learning-rate schedule and the divergence check).
+    the ones every run has: the config's learning-rate schedule (``self.schedule``, from
+    :mod:`~xpcnn.training.schedules`) and the divergence check.
     ``with Trainer(...) as trainer:`` closes the executor at the end (or call :meth:`close`)."""
 
     def __init__(self, config: Config, backend: Backend, model: Sequential | None = None, *,
@@ -130,7 +138,8 @@ class Trainer:
         self.steps_per_epoch = 0
         self.executor = executor or make_executor(threads, chunk)
         self.executor.bind(self.model, self.loss_fn, self.optimizer, backend, config.dtype)
-        self.extensions = [ExponentialDecay(config.lr, config.lr_decay), DivergenceCheck(), *extensions]
+        self.schedule = schedule_from_config(config)  # sets optimizer.lr before every step
+        self.extensions = [self.schedule, DivergenceCheck(), *extensions]
 
     @property
     def is_main(self) -> bool:
@@ -195,6 +204,9 @@ class Trainer:
         targets = task_targets(train.labels, cfg.task, cfg.classes)
         everything = self.extensions + ([Evaluator(validation)] if validation is not None else []) + list(extensions)
         everything.sort(key=lambda extension: -extension.priority)  # stable: equal priorities keep their order
+        if any(isinstance(e, ReduceOnPlateau) for e in everything) and not any(map(_validates, everything)):
+            raise ValueError("Trainer.fit: the plateau schedule reduces the learning rate on the validation loss; "
+                             "give the fit a validation split: fit(train, validation)")
         self.stop_training, started = False, time.perf_counter()
         try:
             with self.executor.running():
@@ -225,6 +237,7 @@ class Trainer:
         images_before = sum(len(b) for b in batches[:state.step_in_epoch])
         for index in range(state.step_in_epoch, len(batches)):
             batch = batches[index]
+            self._call(extensions, "on_step_start")  # (the schedule sets this step's learning rate)
             images = shift_batch(train.images[batch], cfg.shift, cfg.seed, state.epoch, index)
             pending.append(self.step(images, targets[batch]))
             state.step_in_epoch, state.global_step = index + 1, state.global_step + 1
