@@ -11,7 +11,8 @@
 #    its test accuracy), 6. compiled execution: parity of a CUDA-graph run (torch:cuda --compile)
 #    and a jax.jit run against NumPy, and training with --compile (the benchmark's "compiled" rows
 #    and PyTorch's torch.compile reduce-overhead row come with step 3), 7. two data-parallel ranks
-#    on the GPU(s) (NCCL where there are two GPUs, host staging otherwise).  Everything lands in
+#    on the GPU(s) (NCCL where there are two GPUs, host staging otherwise), 8. resnet20: an epoch of
+#    xpcnn on CuPy against PyTorch's twin on CUDA (scripts/torch_twin.py).  Everything lands in
 #    OUTDIR (default runs/gpu); the exit status is non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +56,9 @@ step "parity compiled" compare_compiled.log "$python" scripts/train.py --compare
   --out "$out/compare_compiled" --quiet
 step "train torch:cuda --compile" train_graph.log "$python" scripts/train.py --backend torch --device cuda --compile \
   --out "$out/train_graph" --quiet ${mnist:+--eval-data "$mnist"}
+step "colour digits" colour.log "$python" scripts/colour_digits.py "$out/colour_digits.npz" ${mnist:+--test-from "$mnist"}
+step "resnet20: xpcnn on cupy vs PyTorch on cuda" twin_resnet20.log "$python" scripts/torch_twin.py --preset resnet20 \
+  --data "$out/colour_digits.npz" --epochs 2 --device cuda --out "$out/twin_resnet20"
 gpus=$("$python" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 mpiexec=$(dirname "$(command -v "$python")")/mpiexec
 if [ -x "$mpiexec" ]; then

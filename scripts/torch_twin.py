@@ -9,8 +9,8 @@ parameter counts can be printed side by side and the two trained on the same dat
 
 trains the preset for ``--epochs`` with xpcnn's default command (``scripts/train.py``: the executor
 and threads it picks) and then PyTorch's twin with PyTorch's defaults (all cores) on the same
-training images, normalisation, batch size, optimizer and learning rate (no augmentation on either
-side, ``--shift 0``), and prints each epoch's time and the final test accuracy.  Timing only: the
+training images, normalisation, batch size, optimizer and learning-rate schedule (no augmentation
+on either side, ``--shift 0``), and prints each epoch's time and the final test accuracy.  Timing only: the
 batch orders and dropout masks differ, so the runs are not a parity check (``--compare`` is).
 """
 
@@ -33,6 +33,7 @@ from xpcnn import data  # noqa: E402
 from xpcnn.backends import to_numpy  # noqa: E402
 from xpcnn.nn import Sequential  # noqa: E402
 from xpcnn.training import PRESETS, build_model  # noqa: E402
+from xpcnn.training.schedules import Clock, schedule_from_config  # noqa: E402
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -131,42 +132,50 @@ def parameter_count(model: Sequential) -> int:
     return sum(int(np.prod(value.shape)) for _, value in model.named_parameters())
 
 
-def torch_epochs(net: Any, train: Any, test: Any, config: Any, normalize: Any, epochs: int) -> tuple[list, float]:
+def torch_epochs(net: Any, train: Any, test: Any, config: Any, normalize: Any, epochs: int,
+                 device: str = "cpu") -> tuple[list, float]:
     """Train PyTorch's twin like xpcnn's recipe (without augmentation); (epoch seconds, test accuracy)."""
     import torch
+
+    net = net.to(device)
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     mean, std = (np.zeros(1), np.ones(1)) if normalize is None else normalize
 
     def batch(images: np.ndarray) -> Any:
         x = images.astype(np.float32) / 255.0
         x = (x - mean.astype(np.float32)[None, :, None, None]) / std.astype(np.float32)[None, :, None, None]
-        return torch.from_numpy(np.ascontiguousarray(x))
+        return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     else:
+        momentum = config.momentum if config.optimizer == "momentum" else 0.0
         optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                    momentum=config.momentum if config.optimizer == "momentum" else 0.0)
+                                    momentum=momentum, nesterov=config.nesterov)
+    schedule = schedule_from_config(config)  # xpcnn's own rates, step by step (no plateau here)
     loss_fn, seconds, rng = torch.nn.CrossEntropyLoss(), [], np.random.default_rng(0)
-    labels = torch.from_numpy(train.labels.astype(np.int64))
+    labels = torch.from_numpy(train.labels.astype(np.int64)).to(device)
+    steps = -(-len(train) // config.batch_size)
     for epoch in range(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * config.lr_decay ** epoch
         net.train()
         started = time.perf_counter()
         order = rng.permutation(len(train))
-        for start in range(0, len(order), config.batch_size):
+        for step, start in enumerate(range(0, len(order), config.batch_size)):
+            for group in optimizer.param_groups:
+                group["lr"] = schedule(Clock(epoch, step, steps, epochs))
             index = order[start:start + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(net(batch(train.images[index])), labels[index])
             loss.backward()
             optimizer.step()
+        synchronize()
         seconds.append(time.perf_counter() - started)
     net.eval()
     correct = 0
     with torch.no_grad():
         for start in range(0, len(test), 500):
-            predicted = net(batch(test.images[start:start + 500])).argmax(dim=1).numpy()
+            predicted = net(batch(test.images[start:start + 500])).argmax(dim=1).cpu().numpy()
             correct += int((predicted == test.labels[start:start + 500]).sum())
     return seconds, correct / len(test)
 
@@ -175,17 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="resnet20", choices=sorted(PRESETS))
     parser.add_argument("--model", help="a --model spec instead of the preset's network")
-    parser.add_argument("--data", required=True, help="a dataset with a test split (e.g. scripts/colour_digits.py's)")
+    parser.add_argument("--data", required=True,
+                        help="a dataset (e.g. scripts/colour_digits.py's); its test split, else its validation split, "
+                             "gives the accuracies")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: xpcnn on CuPy and PyTorch on the GPU")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, help="default: the preset's")
     parser.add_argument("--out", help="folder for xpcnn's run (default: a temporary one)")
     args = parser.parse_args(argv)
     dataset = data.load(args.data)
-    if dataset.test is None:
-        parser.error(f"--data: {args.data} has no test split")
+    evaluation = dataset.test if dataset.test is not None else dataset.validation
+    if evaluation is None:
+        parser.error(f"--data: {args.data} has neither a test nor a validation split")
     out = args.out or tempfile.mkdtemp(prefix="twin-")
     flags = ["--data", args.data, "--preset", args.preset, "--epochs", str(args.epochs), "--shift", "0",
-             "--out", out, "--quiet", "--eval-data", args.data]
+             "--out", out, "--quiet", "--device", args.device]
+    flags += ["--eval-data", args.data] if dataset.test is not None else []
     flags += ["--model", args.model] if args.model else []
     flags += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     print("xpcnn:", " ".join(["python scripts/train.py", *flags]), flush=True)
@@ -205,16 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     stats = saved.normalization
     normalize = None if stats is None else (np.asarray(stats["mean"]), np.asarray(stats["std"]))
     train = dataset.train.take(config.train_count) if config.train_count else dataset.train
-    seconds, accuracy = torch_epochs(net, train, dataset.test, config, normalize, args.epochs)
+    seconds, accuracy = torch_epochs(net, train, evaluation, config, normalize, args.epochs, args.device)
     torch_count = sum(p.numel() for p in net.parameters())
     xpcnn_seconds = [record["seconds"] for record in metrics["history"]]
     print(f"parameters: xpcnn {parameter_count(model):,}, PyTorch {torch_count:,}")
-    print(f"threads: PyTorch {torch.get_num_threads()}; batch {config.batch_size}; {len(train)} training images")
+    where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"PyTorch on {where}; batch {config.batch_size}; {len(train)} training images")
     for epoch, (ours, theirs) in enumerate(zip(xpcnn_seconds, seconds), start=1):
         print(f"epoch {epoch}: xpcnn {ours:.1f} s, PyTorch {theirs:.1f} s "
               f"(xpcnn / PyTorch time {ours / theirs:.2f}x)")
     ours = metrics["final"]["accuracy"]
-    print(f"test accuracy after {args.epochs} epoch(s): xpcnn {ours:.4f}, PyTorch {accuracy:.4f}")
+    split = "test" if dataset.test is not None else "validation"
+    print(f"{split} accuracy after {args.epochs} epoch(s): xpcnn {ours:.4f}, PyTorch {accuracy:.4f}")
     return 0
 
 
