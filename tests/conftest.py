@@ -16,8 +16,11 @@ Assertions that check namespace, device, dtype and shape as well as values
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import sys
+import sysconfig
 
 # The benchmarks live outside the package, in scripts/ (tests/scripts/ imports them).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
@@ -139,3 +142,29 @@ def mnist_dir():
     if not os.path.isdir(path):
         pytest.skip(f"real MNIST files not present at {path}")
     return path
+
+
+def find_mpiexec() -> str | None:
+    """The mpich wheel puts mpiexec beside the interpreter (a venv's bin/, not on PATH unless activated)."""
+    for candidate in (os.path.join(sysconfig.get_path("scripts"), "mpiexec"),
+                      os.path.join(os.path.dirname(sys.executable), "mpiexec")):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("mpiexec")
+
+
+@pytest.fixture
+def mpi() -> str:
+    """The path of mpiexec, for tests that run an MPI job as a subprocess (never pytest under mpiexec:
+    one failing rank would hang the others).  Without mpi4py or mpiexec the test skips, unless
+    XPCNN_REQUIRE_MPI=1 (CI sets it), which makes that a failure."""
+    found = find_mpiexec()
+    missing = [what for what, ok in (("mpi4py", importlib.util.find_spec("mpi4py") is not None),
+                                     ("mpiexec", found is not None)) if not ok]
+    if missing:
+        message = f"{' and '.join(missing)} not found: pip install -e '.[mpi]'"
+        if os.environ.get("XPCNN_REQUIRE_MPI") == "1":
+            pytest.fail(f"XPCNN_REQUIRE_MPI=1 but {message}")
+        pytest.skip(message)
+    assert found is not None
+    return found

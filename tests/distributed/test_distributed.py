@@ -8,7 +8,6 @@ Without mpi4py or mpiexec these tests skip, unless XPCNN_REQUIRE_MPI=1 (CI sets 
 that into a failure.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -16,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 import uuid
 
@@ -30,30 +28,6 @@ from xpcnn.training.snapshot import read as read_checkpoint
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")
 DRIVER = os.path.join(ROOT, "tests", "distributed", "distributed_driver.py")
-
-
-def find_mpiexec():
-    """The mpich wheel puts mpiexec beside the interpreter (a venv's bin/, not on PATH unless activated)."""
-    for candidate in (os.path.join(sysconfig.get_path("scripts"), "mpiexec"),
-                      os.path.join(os.path.dirname(sys.executable), "mpiexec")):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which("mpiexec")
-
-
-MPIEXEC = find_mpiexec()
-
-
-@pytest.fixture
-def mpi():
-    missing = [what for what, ok in (("mpi4py", importlib.util.find_spec("mpi4py") is not None),
-                                     ("mpiexec", MPIEXEC is not None)) if not ok]
-    if missing:
-        message = f"{' and '.join(missing)} not found: pip install -e '.[mpi]'"
-        if os.environ.get("XPCNN_REQUIRE_MPI") == "1":
-            pytest.fail(f"XPCNN_REQUIRE_MPI=1 but {message}")
-        pytest.skip(message)
-    return MPIEXEC
 
 
 def _env(tag=None, blas_threads=1):

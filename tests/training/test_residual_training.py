@@ -7,14 +7,11 @@ uninterrupted one does."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 
 import numpy as np
 import pytest
@@ -100,29 +97,7 @@ def test_a_resumed_run_ends_bitwise_where_an_uninterrupted_one_does(tmp_path):
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
-def find_mpiexec() -> str | None:
-    for candidate in (os.path.join(sysconfig.get_path("scripts"), "mpiexec"),
-                      os.path.join(os.path.dirname(sys.executable), "mpiexec")):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which("mpiexec")
-
-
-@pytest.fixture
-def mpiexec() -> str:
-    found = find_mpiexec()
-    missing = [what for what, ok in (("mpi4py", importlib.util.find_spec("mpi4py") is not None),
-                                     ("mpiexec", found is not None)) if not ok]
-    if missing:
-        message = f"{' and '.join(missing)} not found: pip install -e '.[mpi]'"
-        if os.environ.get("XPCNN_REQUIRE_MPI") == "1":
-            pytest.fail(f"XPCNN_REQUIRE_MPI=1 but {message}")
-        pytest.skip(message)
-    assert found is not None
-    return found
-
-
-def test_two_ranks_bitwise_equal_threads_2(mpiexec, tmp_path):
+def test_two_ranks_bitwise_equal_threads_2(mpi, tmp_path):
     dataset = data.load_embedded()
     path = tmp_path / "digits.npz"
     np.savez(path, x_train=dataset.train.images[:200], y_train=dataset.train.labels[:200],
@@ -131,7 +106,7 @@ def test_two_ranks_bitwise_equal_threads_2(mpiexec, tmp_path):
               "--quiet"]
     assert train_main([*common, "--threads", "2", "--out", str(tmp_path / "threads")]) == 0
     env = dict(os.environ, MPIEXEC_TIMEOUT="60", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    process = subprocess.Popen([mpiexec, "-n", "2", sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+    process = subprocess.Popen([mpi, "-n", "2", sys.executable, os.path.join(ROOT, "scripts", "train.py"),
                                 "--distributed", *common, "--out", str(tmp_path / "ranks")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)

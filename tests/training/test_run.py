@@ -2,10 +2,8 @@
 (usage errors naming the option); compiled on JAX; data-parallel over MPI ranks."""
 
 import argparse
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -108,15 +106,12 @@ sys.exit(run_job(main))
 """
 
 
-def test_data_parallel_training_from_python_is_the_threads_run(tmp_path):
-    mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if importlib.util.find_spec("mpi4py") is None or not os.access(mpiexec, os.X_OK):
-        pytest.skip("needs mpi4py and mpiexec: pip install -e '.[mpi]'")
+def test_data_parallel_training_from_python_is_the_threads_run(tmp_path, mpi):
     assert train(options(tmp_path / "threads", threads=2)).status == "done"
     script = tmp_path / "ranks.py"
     script.write_text(RANKS.format(settings=FEW, out=str(tmp_path / "ranks")))
     env = dict(os.environ, PYTHONPATH=ROOT, MPIEXEC_TIMEOUT="120", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    child = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+    child = subprocess.run([mpi, "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
                            env=env, timeout=180)
     assert child.returncode == 0, child.stdout + child.stderr
     for rank in range(2):

@@ -186,15 +186,6 @@ class Residual(Layer):
         for name, array in value.items():
             self.set_buffer(name, array)
 
-    def named_parameters(self) -> Iterator[tuple[str, Any]]:
-        return iter(self.params.items())
-
-    def named_gradients(self) -> Iterator[tuple[str, Any]]:
-        return iter(self.grads.items())
-
-    def named_buffers(self) -> Iterator[tuple[str, Any]]:
-        return iter(self.buffers.items())
-
     def set_parameter(self, name: str, value: Any) -> None:
         path, rest = self._owner(name)
         path.set_parameter(rest, value)
