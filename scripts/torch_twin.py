@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from xpcnn import data  # noqa: E402
 from xpcnn.backends import to_numpy  # noqa: E402
+from xpcnn.data.transforms import stored_normalization  # noqa: E402
 from xpcnn.nn import Sequential  # noqa: E402
 from xpcnn.training import PRESETS, build_model  # noqa: E402
 from xpcnn.training.schedules import Clock, schedule_from_config  # noqa: E402
@@ -216,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     net = twin(model)
-    stats = saved.normalization
-    normalize = None if stats is None else (np.asarray(stats["mean"]), np.asarray(stats["std"]))
+    normalize = stored_normalization(saved.normalization)
     train = dataset.train.take(config.train_count) if config.train_count else dataset.train
     seconds, accuracy = torch_epochs(net, train, evaluation, config, normalize, args.epochs, args.device)
     torch_count = sum(p.numel() for p in net.parameters())

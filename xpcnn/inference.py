@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 
 from xpcnn.backends import Backend, to_numpy
-from xpcnn.data import DataError, read_image, validate
+from xpcnn.data import DataError
+from xpcnn.data.inputs import read_images
 from xpcnn.data.targets import class_names, class_probabilities
+from xpcnn.data.transforms import stored_normalization
 from xpcnn.training.builders import build_model
 from xpcnn.training.snapshot import read as read_checkpoint
 
@@ -42,8 +44,7 @@ class Predictor:
         model = build_model(config).to("numpy", dtype=config.dtype)
         model.load_state_dict(saved.model_state)
         self.model, self.backend = model.to(backend), backend
-        stats = saved.normalization
-        self.normalize = None if stats is None else (np.asarray(stats["mean"]), np.asarray(stats["std"]))
+        self.normalize = stored_normalization(saved.normalization)
         self.names = class_names(config.task, config.classes, saved.class_names)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -87,56 +88,12 @@ class Predictor:
 
 
 def read_input(path: str, image_shape: tuple, layout: str = "auto") -> tuple[Any, Any]:
-    """(names, images (n, C, H, W)) of one image or array file, or (None, a Prediction with the error)."""
-    want = tuple(image_shape)
+    """(names, images (n, C, H, W)) of one image or array file (:func:`xpcnn.data.inputs.read_images`),
+    or (None, a Prediction with the error)."""
     try:
-        if path.endswith((".npy", ".npz")):
-            batch = _read_array_file(path, layout)
-            names = [f"{path}[{index}]" for index in range(len(batch))]
-        else:
-            batch, names = read_image(path)[None], [path]
-            if batch.shape[1] != want[0] and {batch.shape[1], want[0]} <= {1, 3}:
-                batch = _convert_channels(batch, want[0])
-        if tuple(batch.shape[1:]) != want:
-            raise DataError(f"{path}: image of shape {tuple(batch.shape[1:])}, the network takes {want} "
-                            "(no resizing: give images like the training ones)")
+        return read_images(path, image_shape, layout)
     except DataError as exc:
         return None, Prediction(path, error=str(exc))
-    return names, batch
-
-
-def _read_array_file(path: str, layout: str) -> np.ndarray:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):  # .npy
-            array = loaded
-        else:
-            with loaded:
-                key = next((k for k in ("images", "x_test", "x_train") if k in loaded.files), None)
-                if key is None:
-                    raise DataError(f"{path}: no 'images', 'x_test' or 'x_train' array "
-                                    f"(has {', '.join(loaded.files) or 'none'})")
-                array = loaded[key]
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except Exception as exc:  # a damaged or foreign file: OSError, ValueError, BadZipFile ...
-        raise DataError(f"{path}: not a readable array file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(array, np.ndarray) or array.ndim not in (2, 3, 4):
-        raise DataError(f"{path}: expected images (H, W), (N, H, W) or (N, C, H, W) / (N, H, W, C), "
-                        f"got shape {getattr(array, 'shape', None)}")
-    if array.ndim == 2:
-        array = array[None]
-    return validate(array, np.zeros(len(array), np.int64), path, layout=layout).images
-
-
-def _convert_channels(batch: np.ndarray, channels: int) -> np.ndarray:
-    """Grey <-> RGB for an image file whose mode differs from the training images' (ITU-R 601 luma)."""
-    if channels == 3:
-        return np.repeat(batch, 3, axis=1)
-    weights = np.array([0.299, 0.587, 0.114])[None, :, None, None]
-    return np.rint((batch * weights).sum(axis=1, keepdims=True)).astype(np.uint8)
 
 
 def format_prediction(prediction: Prediction) -> str:

@@ -12,6 +12,7 @@ module              what it holds
 ``download``        mirrors, checksums, the cache folder, :func:`download`
 ``transforms``      :func:`channel_stats`, normalisation, the random shifts of augmentation
 ``batches``         :func:`batch_indices`, :func:`to_batch`, :func:`targets_to_batch`
+``inputs``          images to classify, one file each (:func:`~xpcnn.data.inputs.read_images`)
 ``targets``         the task's targets: :data:`TASKS`, :func:`task_targets`
 ==================  ===============================================================================
 

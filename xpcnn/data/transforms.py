@@ -54,6 +54,12 @@ def channel_stats(split: Split | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float64), std.astype(np.float64)
 
 
+def stored_normalization(stats: dict | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, std) per channel from a run's record of them (``{"mean": [...], "std": [...]}``, as
+    checkpoints keep them), or None when the run does not normalise."""
+    return None if stats is None else (np.asarray(stats["mean"]), np.asarray(stats["std"]))
+
+
 def check_normalize(normalize: Any, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) as float64 arrays of ``channels`` finite numbers, std > 0; else a one-line DataError."""
     try:

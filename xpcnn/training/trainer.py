@@ -33,7 +33,7 @@ import numpy as np
 from xpcnn.backends import Array, Backend, to_numpy
 from xpcnn.data import Split, batch_indices, channel_stats, targets_to_batch, task_targets, to_batch
 from xpcnn.data.targets import predicted_classes, target_classes
-from xpcnn.data.transforms import shift_batch
+from xpcnn.data.transforms import shift_batch, stored_normalization
 from xpcnn.io.checkpoint import CheckpointError
 from xpcnn.nn.base import Layer
 from xpcnn.nn.sequential import Sequential
@@ -158,8 +158,7 @@ class Trainer:
     @property
     def normalize(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(mean, std) per channel that every batch is normalised with, or None."""
-        stats = self.state.normalization
-        return None if stats is None else (np.asarray(stats["mean"]), np.asarray(stats["std"]))
+        return stored_normalization(self.state.normalization)
 
     def to_batch(self, images: np.ndarray) -> Array:
         """Host images -> the device batch the model takes (scaled, normalised as in training)."""
