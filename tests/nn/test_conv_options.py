@@ -12,7 +12,7 @@ from helpers import normal_array, xp_assert_close
 from xpcnn import Conv2D, Flatten, Sequential, to_numpy
 from xpcnn.backends import device_name
 from xpcnn.nn.base import build_layer, state_shapes
-from xpcnn.nn.im2col import col2im, conv_columns, gather_columns, gather_index, im2col, output_size
+from xpcnn.nn.im2col import channels_first, col2im, conv_columns, gather_columns, gather_index, im2col, output_size
 from xpcnn.nn.spec import SPEC_HELP, SpecError, parse_spec
 from xpcnn.tools.gradcheck import assert_gradients_ok
 
@@ -37,6 +37,73 @@ def test_conv_option_gradients(backend, rng, case, im2col):
     shape = case.pop("shape")
     conv = Conv2D(**case, rng=3, im2col=im2col)
     assert_gradients_ok(conv, normal_array(backend, rng, shape))
+
+
+# dE/dX two ways: col2im of f^T.G (any stride) and, with stride 1, the "full" correlation of the padded G with the
+# flipped filters; Conv2D picks one by size (_full_correlation), both are checked here on the same layers.
+INPUT_GRAD_CASES = {
+    "same": dict(in_channels=2, out_channels=3, kernel_size=3, padding=1, shape=(2, 2, 5, 6)),
+    "valid-5x5": dict(in_channels=2, out_channels=2, kernel_size=5, shape=(2, 2, 7, 8)),
+    "rect-dilated": dict(in_channels=2, out_channels=2, kernel_size=(3, 2), padding=(2, 1), dilation=(1, 2),
+                         shape=(1, 2, 5, 6)),
+    "groups2": dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2, shape=(2, 4, 4, 5)),
+    "depthwise-nb": dict(in_channels=3, out_channels=3, kernel_size=3, padding=1, groups=3, bias=False,
+                         shape=(2, 3, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("way", ["full", "col2im"])
+@pytest.mark.parametrize("case", INPUT_GRAD_CASES)
+def test_conv_input_gradient_both_ways(backend, rng, case, way):
+    case = dict(INPUT_GRAD_CASES[case])
+    shape = case.pop("shape")
+    conv = Conv2D(**case, rng=3)
+    conv._input_grad = way
+    assert_gradients_ok(conv, normal_array(backend, rng, shape))
+
+
+def test_conv_input_gradient_ways_agree_and_auto_picks_by_size(rng):
+    for case in INPUT_GRAD_CASES.values():
+        case = dict(case)
+        x = rng.standard_normal(case.pop("shape"))
+        grads = []
+        for way in ("full", "col2im"):
+            conv = Conv2D(**case, rng=3)
+            conv._input_grad = way
+            out = conv(x)
+            grads.append(conv.backward(np.cos(out)))
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+    same, wide, strided = Conv2D(8, 8, 3, padding=1), Conv2D(2, 16, 3, padding=1), Conv2D(8, 8, 3, 2, padding=1)
+    # (out * H*W) vs 2 * (C * out_h*out_w): 8*64 <= 2*8*64 (full); 16*64 > 2*2*64 (col2im); stride 2: col2im
+    assert same._full_correlation((8, 2, 10, 10), 8, 8)
+    assert not wide._full_correlation((2, 2, 10, 10), 8, 8)
+    assert not strided._full_correlation((8, 2, 10, 10), 4, 4)
+    assert not Conv2D(8, 8, 3, padding=3)._full_correlation((8, 2, 14, 14), 12, 12)  # p > d(k - 1)
+
+
+@pytest.mark.parametrize("case", ["groups2", "dilation-pair", "same-s2"])
+def test_conv_in_chunks_of_one_image(backend, rng, case):
+    """COLUMN_BYTES = 1: every image's columns built, multiplied and let go on their own, forward and
+    backward: still the gradients of finite differences."""
+    case = dict(GRADIENT_CASES[case])
+    shape = case.pop("shape")
+    conv = Conv2D(**case, rng=3)
+    conv.COLUMN_BYTES = 1
+    assert conv._chunks(backend.xp, backend.asarray(np.zeros(shape)), 2, 2) == [(i, i + 1) for i in range(shape[0])]
+    assert_gradients_ok(conv, normal_array(backend, rng, shape))
+
+
+def test_conv_chunks_give_the_whole_batch_results(rng):
+    x = rng.standard_normal((5, 4, 7, 6))
+    results = []
+    for budget in (1 << 30, 2 * 4 * 9 * 42 * 8):  # every image at once; two images a chunk (5 = 2 + 2 + 1)
+        conv = Conv2D(4, 4, 3, padding=1, rng=3)
+        conv.COLUMN_BYTES = budget
+        out = conv(x)
+        results.append([out, conv.backward(np.cos(out)), *conv.grads.values()])
+    assert conv._chunks(np, x, 7, 6) == [(0, 2), (2, 4), (4, 5)]
+    for whole, chunked in zip(*results):
+        np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)
 
 
 # -- the patches with pair strides and dilation, against naive loops --------------------------------------------------
@@ -79,13 +146,12 @@ def test_patches_with_dilation_and_pair_strides_match_naive_loops(backend, dtype
     expected = naive_im2col(host, kh, kw, stride, dilation, out_h, out_w)
     on = dict(xp=backend.xp, device=backend.device, dtype=backend.dtype(dtype))
     xp_assert_close(im2col(backend.xp, x, kh, kw, stride, out_h, out_w, dilation), expected, rtol=0, **on)
-    columns = np.concatenate([expected.reshape(shape[0], -1, out_h * out_w),
-                              np.ones((shape[0], 1, out_h * out_w), dtype)], axis=1)
-    sliced = conv_columns(backend.xp, x, kh, kw, stride, out_h, out_w, True, dilation)
+    columns = expected.transpose(1, 2, 0, 3, 4).reshape(shape[1] * kh * kw, -1)  # (C*K, N*L)
+    first = channels_first(backend.xp, x, (0, 0))
+    sliced = conv_columns(backend.xp, first, kh, kw, stride, out_h, out_w, dilation)
     xp_assert_close(sliced, columns, rtol=0, **on)
-    index = gather_index(backend.xp, backend.device, shape[1], shape[2], shape[3], kh, kw, stride, out_h, out_w, True,
-                         dilation)
-    xp_assert_close(gather_columns(backend.xp, x, index, out_h * out_w, True), columns, rtol=0, **on)
+    index = gather_index(backend.xp, backend.device, tuple(first.shape), kh, kw, stride, out_h, out_w, dilation)
+    xp_assert_close(gather_columns(backend.xp, first, index, shape[1] * kh * kw), columns, rtol=0, **on)
     cols = rng.standard_normal(expected.shape).astype(dtype)
     got = col2im(backend.xp, backend.asarray(cols), shape, kh, kw, stride, dilation)
     xp_assert_close(got, naive_col2im(cols, shape, kh, kw, stride, dilation), **on)

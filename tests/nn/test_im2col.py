@@ -6,7 +6,16 @@ import pytest
 from helpers import xp_assert_close
 
 from xpcnn import Conv2D
-from xpcnn.nn.im2col import add_windows, col2im, conv_columns, gather_columns, gather_index, im2col, output_size
+from xpcnn.nn.im2col import (
+    add_windows,
+    channels_first,
+    col2im,
+    conv_columns,
+    gather_columns,
+    gather_index,
+    im2col,
+    output_size,
+)
 
 # (input shape (N, C, H, W) of the padded input, kh, kw, stride)
 CASES = [
@@ -36,13 +45,11 @@ def naive_im2col(x, kh, kw, stride, out_h, out_w):
     return out
 
 
-def naive_conv_columns(x, kh, kw, stride, out_h, out_w, ones_row):
-    """Row c*kh*kw + i*kw + j, column r*out_w + s of image n; a last row of ones with ones_row."""
+def naive_conv_columns(x, kh, kw, stride, out_h, out_w):
+    """Row c*kh*kw + i*kw + j, column n*out_h*out_w + r*out_w + s: the whole batch in one matrix."""
     n, c = x.shape[:2]
-    cols = naive_im2col(x, kh, kw, stride, out_h, out_w).reshape(n, c * kh * kw, out_h * out_w)
-    if ones_row:
-        cols = np.concatenate([cols, np.ones((n, 1, out_h * out_w), dtype=x.dtype)], axis=1)
-    return cols
+    cols = naive_im2col(x, kh, kw, stride, out_h, out_w).transpose(1, 2, 0, 3, 4)  # (C, K, N, oh, ow)
+    return cols.reshape(c * kh * kw, n * out_h * out_w)
 
 
 def naive_col2im(cols, padded_shape, kh, kw, stride):
@@ -77,22 +84,28 @@ def test_im2col_matches_a_naive_loop(backend, dtype, rng, shape, kh, kw, stride)
     xp_assert_close(got, naive_im2col(host, kh, kw, stride, out_h, out_w), rtol=0, **_on(backend, dtype))
 
 
-@pytest.mark.parametrize("ones_row", [True, False], ids=["ones", "no-ones"])
 @pytest.mark.parametrize("shape,kh,kw,stride", CASES, ids=IDS)
-def test_conv_columns_and_gather_columns_match_a_naive_loop(backend, dtype, rng, shape, kh, kw, stride, ones_row):
-    """The two ways (strided slices, one gather) give the naive layout bit for bit."""
+def test_conv_columns_and_gather_columns_match_a_naive_loop(backend, dtype, rng, shape, kh, kw, stride):
+    """The two ways (strided slices, one gather) give the naive layout bit for bit, from the
+    channels-first input (C, N, H, W) that channels_first makes."""
     host = rng.standard_normal(shape).astype(dtype)
     out_h, out_w = _geometry(shape, kh, kw, stride)
-    expected = naive_conv_columns(host, kh, kw, stride, out_h, out_w, ones_row)
-    x = backend.asarray(host)
-    sliced = conv_columns(backend.xp, x, kh, kw, stride, out_h, out_w, ones_row)
+    expected = naive_conv_columns(host, kh, kw, stride, out_h, out_w)
+    x = channels_first(backend.xp, backend.asarray(host), (0, 0))
+    sliced = conv_columns(backend.xp, x, kh, kw, stride, out_h, out_w)
     xp_assert_close(sliced, expected, rtol=0, **_on(backend, dtype))
-    index = gather_index(backend.xp, backend.device, shape[1], shape[2], shape[3], kh, kw, stride, out_h, out_w,
-                         ones_row)
-    rows = shape[1] * kh * kw + ones_row
-    assert tuple(index.shape) == (rows * out_h * out_w,) and index.dtype == backend.xp.int64
-    gathered = gather_columns(backend.xp, x, index, out_h * out_w, ones_row)
+    index = gather_index(backend.xp, backend.device, tuple(x.shape), kh, kw, stride, out_h, out_w)
+    rows = shape[1] * kh * kw
+    assert tuple(index.shape) == (rows * shape[0] * out_h * out_w,) and index.dtype == backend.xp.int64
+    gathered = gather_columns(backend.xp, x, index, rows)
     xp_assert_close(gathered, expected, rtol=0, **_on(backend, dtype))
+
+
+def test_channels_first_pads_the_transposed_input(backend, rng):
+    host = rng.standard_normal((2, 3, 4, 5)).astype("float32")
+    got = channels_first(backend.xp, backend.asarray(host), (1, 2))
+    expected = np.pad(host.transpose(1, 0, 2, 3), ((0, 0), (0, 0), (1, 1), (2, 2)))
+    xp_assert_close(got, expected, rtol=0, **_on(backend, "float32"))
 
 
 @pytest.mark.parametrize("shape,kh,kw,stride", CASES, ids=IDS)

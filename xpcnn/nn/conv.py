@@ -17,7 +17,7 @@ from array_api_compat import device as device_of
 from xpcnn.backends import Array, Backend, Namespace, device_name, namespace, on_gpu
 from xpcnn.nn import init as initialisers
 from xpcnn.nn.base import Layer, Token, check_dtype, check_input, register, shape_error
-from xpcnn.nn.im2col import Pair, col2im, conv_columns, gather_columns, gather_index, output_size
+from xpcnn.nn.im2col import Pair, add_windows, channels_first, conv_columns, gather_columns, gather_index, output_size
 from xpcnn.nn.validate import integer, pair
 
 if TYPE_CHECKING:
@@ -70,20 +70,34 @@ class Conv2D(Layer):
     n - f + 1); padding "same" is d(k - 1)/2 on both sides (odd spans d(k - 1) + 1 only), so that
     the output has ceil(n / s) positions for any stride (PyTorch takes "same" with stride 1 only).
 
-    Computed per image n as one product Z1_n = [f | b] . [cols_n ; 1]: the filters (flattened)
-    and the bias as one matrix, times the input patches (:func:`conv_columns`) with a row of ones.
-    With groups, the columns of all groups are built at once and multiplied in one batched
-    product, (g, out/g, C/g*kh*kw) . (N, g, C/g*kh*kw, L) -> (N, g, out/g, L), the bias added after.
-    Backward, with G = dE/dZ1 (per group k, G_k its out/g rows, cols_k its C/g*kh*kw rows):
-        dE/df_k = X * G    (sum over n of G_n,k . cols_n,k^T: each filter correlates its input with G)
-        dE/db = sum of G over batch and positions   (with g = 1: the last column of the same product)
-        dE/dX = G convolved "full" with f rotated 180 degrees (here: col2im of f_k^T.G_k per group,
-                the taps d apart as in the forward)
+    Computed for many images at once as one matrix product (per group, one batched product): the
+    whole batch, or chunks of it when its columns would take more than ``COLUMN_BYTES``:
+        cols = the patches of the channels-first padded input (C, N, H + 2p_h, W + 2p_w), one row
+               per (channel, kernel offset), one column per (image, output position):
+               (C*kh*kw, N*L), L = out_h*out_w (:func:`conv_columns`: one ``stack`` of the kh*kw
+               strided slices)
+        Z1 = f . cols + b    f flattened to (out, C*kh*kw); (out, N*L), seen as (N, out, out_h, out_w)
+    With groups, (g, out/g, C/g*kh*kw) . (g, C/g*kh*kw, N*L): the columns of group k are its rows.
+    Backward, with G = dE/dZ1 as (out, N*L) (per group k, G_k its out/g rows, cols_k its rows):
+        dE/df_k = G_k . cols_k^T   (each filter correlates its input with G, summed over images)
+        dE/db   = sum of G over images and positions
+        dE/dX   = G convolved "full" with f rotated 180 degrees, computed the cheaper of two ways:
+                  col2im of f_k^T . G_k (any stride: each kernel offset's rows added back where
+                  they came from, the taps d apart as in the forward); or, with stride 1, the
+                  correlation of G zero-padded by d(k - 1) - p with the flipped filters, in and out
+                  swapped, as a product like the forward's (:meth:`_full_correlation` decides by size).
+    Memory: cols are built for chunks of images of at most ``COLUMN_BYTES`` (32 MiB) at a time, so
+    no array kh*kw times a large batch's size is ever made (nor in inference, at an evaluation's
+    large batches).  When the whole batch is one chunk, forward keeps its cols for backward (at
+    most COLUMN_BYTES a layer); otherwise it keeps only its input (which the layer before keeps
+    anyway) and backward builds each chunk's cols again: one more ``stack``, which measured no
+    slower than keeping all of them (vgg's 32-channel layer at batch 128, one thread).
     The patches come from strided slices on a CPU and from one gather on a GPU (``im2col``).
     Derivation: docs/math.md, "Grouped and dilated convolution".
     """
 
     IM2COL = ("auto", "slices", "gather")
+    COLUMN_BYTES = 32 << 20  # the most bytes of columns (a chunk of images') built at once
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair, stride: Pair = 1,
                  padding: Pair | str = 0, bias: bool = True, init: str = "he", rng: Any = 0, im2col: str = "auto",
@@ -96,6 +110,7 @@ class Conv2D(Layer):
         # way (bit for bit); not part of config(): a way to compute, not the architecture.
         self.im2col = im2col
         self._gather_index: dict = {}
+        self._input_grad = "auto"  # how dE/dX is computed: "auto", "full" or "col2im" (tests pin one)
         geometry = conv_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, "Conv2D")
         self.in_channels, self.out_channels = geometry["in_channels"], geometry["out_channels"]
         self.kh, self.kw = geometry["kernel"]
@@ -162,84 +177,140 @@ class Conv2D(Layer):
                              f"got shape {tuple(x.shape)}")
         _, out_h, out_w = self.output_shape(h, w)
         check_dtype(self, x, weight)
-        # One strided slice of the (padded) input per kernel offset, so that image n's columns
-        # form a (C*kh*kw + 1, L) matrix (the last row ones); filters and bias then multiply
-        # every image at once: [f | b] (out, C*kh*kw + 1) @ cols (N, C*kh*kw + 1, L) -> Z1 (N, out, L),
-        # already batch-first, with no separate pass to add the bias (measured: docs/performance.md).
-        ph, pw = self.ph, self.pw
-        padded = xpx.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), xp=xp) if ph or pw else x
-        grouped = self.groups > 1
-        cols = self._columns(xp, padded, out_h, out_w, ones_row=bias is not None and not grouped)
-        if not grouped:
-            z = xp.matmul(self._filters_and_bias(xp), cols)  # (N, out, L)
-        else:  # every group's filters times its channels' columns, one batched product
-            g, positions = self.groups, out_h * out_w
-            filters = xp.reshape(weight, (g, self.out_channels // g, -1))  # (g, out/g, C/g*kh*kw)
-            z = xp.matmul(filters, xp.reshape(cols, (n, g, -1, positions)))  # (N, g, out/g, L)
-            z = xp.reshape(z, (n, self.out_channels, positions))
+        # The whole batch in one product: the input channels-first and padded, (C, N, Hp, Wp), its
+        # patches as one matrix cols (C*kh*kw, N*L) (one stack of kh*kw strided slices), then
+        # Z1 = f (out, C*kh*kw) @ cols -> (out, N*L), the bias added to that, and the result seen as
+        # (N, out, oh, ow); in chunks of images whose columns take at most COLUMN_BYTES.
+        filters, outputs, cols = self._filters(xp), [], None
+        chunks = self._chunks(xp, x, out_h, out_w, backward=False)
+        for start, stop in chunks:
+            part = x if stop - start == n else x[start:stop, ...]
+            cols = self._columns(xp, channels_first(xp, part, (self.ph, self.pw)), out_h, out_w)
+            z = xp.reshape(xp.matmul(filters, cols), (self.out_channels, -1))  # groups: (g, out/g, N*L) before
             if bias is not None:
                 z = z + bias[:, None]
-        self.save_for_backward(cols, tuple(padded.shape))
-        return xp.reshape(z, (n, self.out_channels, out_h, out_w))
+            outputs.append(xp.permute_dims(xp.reshape(z, (self.out_channels, stop - start, out_h, out_w)),
+                                           (1, 0, 2, 3)))
+        # one chunk: its columns (at most COLUMN_BYTES) are kept for backward; more: only the input
+        self.save_for_backward(x, cols if len(chunks) == 1 else None, (c, n, h + 2 * self.ph, w + 2 * self.pw))
+        return outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=0)
+
+    def _chunks(self, xp: Namespace, x: Array, out_h: int, out_w: int, backward: bool = True) -> list[tuple[int, int]]:
+        """(start, stop) of the chunks of images whose columns -- the input's, C*kh*kw rows, and in
+        backward also G's, out*kh*kw rows over the input's positions -- take at most COLUMN_BYTES
+        (at least one image a chunk)."""
+        n, _, h, w = x.shape
+        rows = self.kh * self.kw * max(self.in_channels * out_h * out_w, self.out_channels * h * w * backward)
+        size = max(1, self.COLUMN_BYTES // (rows * (xp.finfo(x.dtype).bits // 8)))
+        return [(start, min(start + size, n)) for start in range(0, n, size)]
 
     def to(self, backend: Backend | str, device: str | None = None, dtype: str | None = None) -> Conv2D:
         self._gather_index = {}  # keep no index on a device the layer leaves
         super().to(backend, device, dtype)
         return self
 
-    def _columns(self, xp: Namespace, padded: Array, out_h: int, out_w: int, ones_row: bool) -> Array:
-        """[cols ; 1] of every image: :func:`conv_columns` or :func:`gather_columns` (see im2col)."""
+    def _columns(self, xp: Namespace, padded: Array, out_h: int, out_w: int) -> Array:
+        """cols (C*kh*kw, N*L) of the channels-first padded input: :func:`conv_columns` or
+        :func:`gather_columns` (see im2col), with groups seen as (g, C/g*kh*kw, N*L)."""
         stride, dilation = (self.sh, self.sw), (self.dh, self.dw)
+        rows = self.in_channels * self.kh * self.kw
         if self.im2col == "slices" or (self.im2col == "auto" and not on_gpu(padded)):
-            return conv_columns(xp, padded, self.kh, self.kw, stride, out_h, out_w, ones_row, dilation)
-        device = device_of(padded)
-        key = (type(padded).__module__, tuple(padded.shape[1:]), ones_row, device_name(device))
-        if key not in self._gather_index:  # made once per input size and device, on the device
-            self._gather_index[key] = gather_index(xp, device, self.in_channels, padded.shape[2], padded.shape[3],
-                                                   self.kh, self.kw, stride, out_h, out_w, ones_row, dilation)
-        return gather_columns(xp, padded, self._gather_index[key], out_h * out_w, ones_row)
+            cols = conv_columns(xp, padded, self.kh, self.kw, stride, out_h, out_w, dilation)
+        else:
+            device = device_of(padded)
+            key = (type(padded).__module__, tuple(padded.shape), device_name(device))
+            if key not in self._gather_index:  # made once per input size and device, on the device
+                self._gather_index[key] = gather_index(xp, device, tuple(padded.shape), self.kh, self.kw, stride,
+                                                       out_h, out_w, dilation)
+            cols = gather_columns(xp, padded, self._gather_index[key], rows)
+        return cols if self.groups == 1 else xp.reshape(cols, (self.groups, rows // self.groups, -1))
 
-    def _filters_and_bias(self, xp: Namespace) -> Array:
-        """[f | b]: the filters flattened to (out, C*kh*kw), the bias (if any) as one more column."""
-        filters = xp.reshape(self.params["weight"], (self.out_channels, -1))
-        if not self.bias:
-            return filters
-        return xp.concat([filters, self.params["bias"][:, None]], axis=1)
+    def _filters(self, xp: Namespace) -> Array:
+        """f flattened to (out, C/g*kh*kw), or per group (g, out/g, C/g*kh*kw)."""
+        if self.groups == 1:
+            return xp.reshape(self.params["weight"], (self.out_channels, -1))
+        return xp.reshape(self.params["weight"], (self.groups, self.out_channels // self.groups, -1))
 
     def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
         """``input_grad=False`` skips dE/dX (the first layer of a network needs none)."""
-        cols, padded_shape = self.saved_for_backward()
+        saved, kept, (c, n, padded_h, padded_w) = self.saved_for_backward()
         weight = self.params["weight"]
         xp = namespace(grad_out, weight, where=f"{self.name}.backward")
-        n, _, out_h, out_w = grad_out.shape
-        positions = out_h * out_w
-        if self.groups == 1:
-            grad_z = xp.reshape(grad_out, (n, self.out_channels, positions))  # G = dE/dZ1
-            # [dE/df | dE/db] = sum over images of G_n.[cols_n ; 1]^T (one batched product, a sum over N)
-            grad_both = xp.sum(xp.matmul(grad_z, xp.permute_dims(cols, (0, 2, 1))), axis=0)
-            patch = self.in_channels * self.kh * self.kw
-            self.grads["weight"] = xp.reshape(grad_both[:, :patch], weight.shape)
-            if self.bias:
-                self.grads["bias"] = grad_both[:, patch]
-            if not input_grad:
-                return None
-            grad_cols = xp.matmul(xp.reshape(weight, (self.out_channels, -1)).T, grad_z)  # (N, C*K, L)
-        else:  # per group k: dE/df_k = sum over n of G_n,k . cols_n,k^T; dE/dcols_k = f_k^T . G_k
-            g = self.groups
-            grad_z = xp.reshape(grad_out, (n, g, self.out_channels // g, positions))  # G per group
-            cols = xp.reshape(cols, (n, g, -1, positions))  # (N, g, C/g*K, L)
-            grad_filters = xp.sum(xp.matmul(grad_z, xp.permute_dims(cols, (0, 1, 3, 2))), axis=0)
-            self.grads["weight"] = xp.reshape(grad_filters, weight.shape)
-            if self.bias:
-                self.grads["bias"] = xp.sum(grad_out, axis=(0, 2, 3))
-            if not input_grad:
-                return None
-            filters = xp.reshape(weight, (g, self.out_channels // g, -1))
-            grad_cols = xp.matmul(xp.permute_dims(filters, (0, 2, 1)), grad_z)  # (N, g, C/g*K, L)
-        grad_cols = xp.reshape(grad_cols, (n, self.in_channels, self.kh * self.kw, out_h, out_w))
-        grad_padded = col2im(xp, grad_cols, padded_shape, self.kh, self.kw, (self.sh, self.sw), (self.dh, self.dw))
+        _, _, out_h, out_w = grad_out.shape
+        if self.bias:  # dE/db = the sum of G over images and positions
+            self.grads["bias"] = xp.sum(grad_out, axis=(0, 2, 3))
+        grad_weight, grad_x = None, []
+        chunks = [(0, n)] if kept is not None else self._chunks(xp, saved, out_h, out_w)
+        for start, stop in chunks:
+            whole = stop - start == n
+            # G = dE/dZ1 in the forward's layout, (out, N*L) (per group (g, out/g, N*L))
+            grad_z = xp.reshape(xp.permute_dims(grad_out if whole else grad_out[start:stop, ...], (1, 0, 2, 3)),
+                                (self.out_channels, -1))
+            if self.groups > 1:
+                grad_z = xp.reshape(grad_z, (self.groups, self.out_channels // self.groups, -1))
+            if kept is not None:
+                cols, kept = kept, None
+            else:  # built again from the input (which the layer before keeps anyway)
+                part = saved if whole else saved[start:stop, ...]
+                cols = self._columns(xp, channels_first(xp, part, (self.ph, self.pw)), out_h, out_w)
+            # dE/df = G @ cols^T: each filter correlates its input with G, over every image at once
+            product = xp.matmul(grad_z, xp.matrix_transpose(cols))
+            grad_weight = product if grad_weight is None else grad_weight + product
+            del cols  # let the columns go before dE/dX makes arrays of the same size
+            if input_grad:
+                padded_shape = (c, stop - start, padded_h, padded_w)
+                if self._full_correlation(padded_shape, out_h, out_w):
+                    part_x = self._input_grad_full(xp, xp.reshape(grad_z, (self.out_channels, -1, out_h, out_w)))
+                else:
+                    part_x = self._input_grad_col2im(xp, grad_z, padded_shape, stop - start, out_h, out_w)
+                grad_x.append(xp.permute_dims(part_x, (1, 0, 2, 3)))
+        self.grads["weight"] = xp.reshape(grad_weight, weight.shape)
+        if not input_grad:
+            return None
+        return grad_x[0] if len(grad_x) == 1 else xp.concat(grad_x, axis=0)
+
+    def _full_correlation(self, padded_shape: tuple[int, ...], out_h: int, out_w: int) -> bool:
+        """Whether dE/dX is cheaper as the "full" correlation of G with the flipped filters than as
+        col2im of f^T.G: stride 1 only, padding at most the span d(k - 1), and the columns of
+        padded G (out*kh*kw rows over the input's positions) at most twice col2im's
+        (C*kh*kw rows over the output's positions), which it reads and writes about 2.5 times."""
+        if (self.sh, self.sw) != (1, 1) or self.ph > self.dh * (self.kh - 1) or self.pw > self.dw * (self.kw - 1):
+            return False
+        if self._input_grad != "auto":
+            return self._input_grad == "full"
+        in_positions = (padded_shape[2] - 2 * self.ph) * (padded_shape[3] - 2 * self.pw)
+        return self.out_channels * in_positions <= 2 * self.in_channels * out_h * out_w
+
+    def _input_grad_col2im(self, xp: Namespace, grad_z: Array, padded_shape: tuple[int, ...], n: int, out_h: int,
+                           out_w: int) -> Array:
+        """dE/dX (C, N, H, W) as col2im of dE/dcols = f^T.G (C*kh*kw, N*L): each kernel offset's rows
+        added back to the input positions they came from, the padding then cut off."""
+        grad_cols = xp.matmul(xp.matrix_transpose(self._filters(xp)), grad_z)
+        grad_cols = xp.reshape(grad_cols, (self.in_channels, self.kh * self.kw, n, out_h, out_w))
+        grad_padded = add_windows(xp, [grad_cols[:, k, ...] for k in range(self.kh * self.kw)], padded_shape,
+                                  self.kh, self.kw, (self.sh, self.sw), (self.dh, self.dw))
         ph, pw = self.ph, self.pw
-        return grad_padded[:, :, ph:padded_shape[2] - ph, pw:padded_shape[3] - pw] if ph or pw else grad_padded
+        if ph or pw:
+            grad_padded = grad_padded[:, :, ph:padded_shape[2] - ph, pw:padded_shape[3] - pw]
+        return grad_padded
+
+    def _input_grad_full(self, xp: Namespace, grad_z: Array) -> Array:
+        """dE/dX (C, N, H, W) from G (out, N, out_h, out_w), with stride 1, as a convolution of its own:
+            dE/dX[n, c, y, x] = sum over o, i, j of f[o, c, kh-1-i, kw-1-j] . Gq[n, o, y + i*d_h, x + j*d_w]
+        with Gq = G zero-padded by q = d(k - 1) - p per axis: G's columns (:func:`conv_columns`,
+        out*kh*kw rows) times the filters flipped and with in and out swapped, (C, out*kh*kw);
+        per group k its own out/g filters and C/g channels."""
+        g, kernel = self.groups, self.kh * self.kw
+        qh, qw = self.dh * (self.kh - 1) - self.ph, self.dw * (self.kw - 1) - self.pw
+        padded = xpx.pad(grad_z, ((0, 0), (0, 0), (qh, qh), (qw, qw)), xp=xp)  # (out, N, oh + 2q_h, ow + 2q_w)
+        height, width = padded.shape[2] - self.dh * (self.kh - 1), padded.shape[3] - self.dw * (self.kw - 1)
+        cols = conv_columns(xp, padded, self.kh, self.kw, 1, height, width, (self.dh, self.dw))
+        flipped = xp.flip(self.params["weight"], axis=(2, 3))  # (out, C/g, kh, kw)
+        per_group = (g, self.out_channels // g, self.in_channels // g, kernel)
+        filters = xp.reshape(xp.permute_dims(xp.reshape(flipped, per_group), (0, 2, 1, 3)),
+                             (g, self.in_channels // g, -1))  # (g, C/g, out/g*kh*kw)
+        grad_x = xp.matmul(filters, xp.reshape(cols, (g, self.out_channels // g * kernel, -1)))
+        return xp.reshape(grad_x, (self.in_channels, grad_z.shape[1], height, width))
 
 
 _SIZE = r"\d+(?:x\d+)?"  # A, or AxB: height x width

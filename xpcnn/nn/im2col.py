@@ -8,9 +8,10 @@ position (r, s) is x[n, c, r*s_h + i*d_h, s*s_w + j*d_w] for the kernel offsets 
 
 * :func:`im2col`: (N, C, kh*kw, out_h, out_w), entry [n, c, i*kw + j, r, s] -- what pooling
   reduces over (axis 2);
-* :func:`conv_columns` / :func:`gather_columns`: (N, C*kh*kw [+ 1], out_h*out_w), row
-  c*kh*kw + i*kw + j of image n -- what a convolution multiplies its flattened filters with,
-  Z1_n = [f | b] . [cols_n ; 1], the optional last row of ones carrying the bias;
+* :func:`conv_columns` / :func:`gather_columns`: from the channels-first input (C, N, H, W)
+  (:func:`channels_first`), one matrix for the whole batch, (C*kh*kw, N*out_h*out_w), row
+  c*kh*kw + i*kw + j, column n*out_h*out_w + r*out_w + s -- what a convolution multiplies its
+  flattened filters with, Z1 = f . cols, in one product;
 * :func:`col2im`: the adjoint (transpose) of :func:`im2col`: every entry of the columns added
   back to the input position it came from, so that <im2col(x), c> = <x, col2im(c)>.  That is
   the backward pass: dE/dX = col2im(dE/dcols).
@@ -21,15 +22,15 @@ position (r, s) is x[n, c, r*s_h + i*d_h, s*s_w + j*d_w] for the kernel offsets 
 The same columns are built two ways, bit for bit equal (the same numbers copied to the same
 places):
 
-* strided slices (:func:`conv_columns`, :func:`im2col`): kh*kw slices of the input, each one
-  kernel offset's view of every output position, stacked in two passes (first the kw column
-  shifts of whole rows, then the kh row shifts of those as whole (out_h, out_w) blocks).
-  Many small copies: fastest on a CPU.
+* strided slices: kh*kw slices of the input, each one kernel offset's view of every output
+  position.  :func:`conv_columns` stacks them in one copy, which is already the matrix;
+  :func:`im2col` in two passes (first the kw column shifts of whole rows, then the kh row
+  shifts of those as whole (out_h, out_w) blocks).  Many small copies: fastest on a CPU.
 * one gather (:func:`gather_index`, :func:`gather_columns`): a precomputed integer index into
   the flattened input and a single ``take``.  Few, large operations: fastest on a GPU, where
   each operation costs 10-100 us of host time (measured: docs/performance.md).
 
-Only array API standard functions (plus array-api-extra's ``at`` for col2im's scatter-add);
+Only array API standard functions (plus array-api-extra's ``at`` for col2im's scatter-add and ``pad``);
 every new array is made on the input's device with its dtype.
 """
 
@@ -89,54 +90,52 @@ def im2col(xp: Namespace, x: Array, kh: int, kw: int, stride: Pair, out_h: int, 
                       (x.shape[0], x.shape[1], kh * kw, out_h, out_w))
 
 
+def channels_first(xp: Namespace, x: Array, padding: tuple[int, int]) -> Array:
+    """The convolution's input layout: x (N, C, H, W) -> (C, N, H + 2p_h, W + 2p_w), zero-padded.
+    With padding, one copy (the padding writes the transposed input anyway); without, a view."""
+    x = xp.permute_dims(x, (1, 0, 2, 3))
+    (ph, pw) = padding
+    return xpx.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), xp=xp) if ph or pw else x
+
+
 def conv_columns(xp: Namespace, x: Array, kh: int, kw: int, stride: Pair, out_h: int, out_w: int,
-                 ones_row: bool, dilation: Pair = 1) -> Array:
-    """im2col laid out for the convolution's product: (N, C*kh*kw [+ 1], out_h*out_w), row
-    c*kh*kw + i*kw + j of image n holding x[n, c, r*s_h + i*d_h, s*s_w + j*d_w] over the output
-    positions (r, s), and with ``ones_row`` a last row of ones that multiplies the bias.
-    Same two passes as :func:`im2col`; the second writes the rows and the ones in one ``concat``.
-    The rows of channel group k (channels k*C/g ... (k+1)*C/g - 1) are consecutive, so a grouped
-    convolution reshapes these columns to (N, g, C/g*kh*kw, L) without a copy."""
+                 dilation: Pair = 1) -> Array:
+    """im2col laid out for the convolution's one product: x (C, N, H, W) (:func:`channels_first`)
+    -> (C*kh*kw, N*out_h*out_w), row c*kh*kw + i*kw + j, column n*out_h*out_w + r*out_w + s
+    holding x[c, n, r*s_h + i*d_h, s*s_w + j*d_w].
+
+    One copy: a single ``stack`` of the kh*kw strided slices (each one kernel offset's view of every
+    image and output position) along a new axis 1, (C, kh*kw, N, out_h, out_w), which is already
+    this matrix.  The rows of channel group k (channels k*C/g ... (k+1)*C/g - 1) are consecutive, so
+    a grouped convolution reshapes these columns to (g, C/g*kh*kw, N*L) without a copy."""
     (sh, sw), (dh, dw) = pair_of(stride), pair_of(dilation)
-    n, channels, row_span = x.shape[0], x.shape[1], sh * (out_h - 1) + 1
-    shifted = _column_shifts(xp, x, kw, sw, out_w, dw)
-    rows = [xp.reshape(shifted[:, c, :, i * dh:i * dh + row_span:sh, :], (n, kw, out_h * out_w))
-            for c in range(channels) for i in range(kh)]
-    if ones_row:
-        rows.append(xp.ones((n, 1, out_h * out_w), dtype=x.dtype, device=device_of(x)))
-    return xp.concat(rows, axis=1)
+    slices = [x[window(i, j, (sh, sw), out_h, out_w, (dh, dw))] for i in range(kh) for j in range(kw)]
+    return xp.reshape(xp.stack(slices, axis=1), (x.shape[0] * kh * kw, -1))
 
 
-def gather_index(xp: Namespace, device: Any, channels: int, h: int, w: int, kh: int, kw: int, stride: Pair,
-                 out_h: int, out_w: int, ones_row: bool, dilation: Pair = 1) -> Array:
-    """Where each entry of :func:`conv_columns` comes from in the flattened (C*H*W) input, for
-    :func:`gather_columns`: row c*kh*kw + i*kw + j, column r*out_w + s holds position
-    c*H*W + (r*s_h + i*d_h)*W + s*s_w + j*d_w; with ``ones_row`` a last row pointing at position
-    C*H*W (the 1 that :func:`gather_columns` appends).  Shape ((C*kh*kw [+ 1]) * out_h*out_w,)."""
+def gather_index(xp: Namespace, device: Any, shape: tuple[int, ...], kh: int, kw: int, stride: Pair,
+                 out_h: int, out_w: int, dilation: Pair = 1) -> Array:
+    """Where each entry of :func:`conv_columns` comes from in the flattened input of ``shape``
+    (C, N, H, W), for :func:`gather_columns`: row c*kh*kw + i*kw + j, column n*out_h*out_w +
+    r*out_w + s holds position ((c*N + n)*H + r*s_h + i*d_h)*W + s*s_w + j*d_w.
+    Shape (C*kh*kw * N*out_h*out_w,), int64."""
     (sh, sw), (dh, dw) = pair_of(stride), pair_of(dilation)
+    channels, n, h, w = shape
 
     def ramp(count: int, step: int, shape: tuple[int, ...]) -> Array:  # 0, step, 2*step, ... laid out in ``shape``
         return xp.reshape(xp.arange(count, dtype=xp.int64, device=device) * step, shape)
 
-    rows = ramp(channels, h * w, (-1, 1, 1)) + ramp(kh, dh * w, (1, -1, 1)) + ramp(kw, dw, (1, 1, -1))
-    columns = ramp(out_h, sh * w, (-1, 1)) + ramp(out_w, sw, (1, -1))
-    rows, columns = xp.reshape(rows, (-1, 1)), xp.reshape(columns, (1, -1))
-    index = rows + columns
-    if ones_row:
-        index = xp.concat([index, xp.full((1, out_h * out_w), channels * h * w, dtype=xp.int64, device=device)])
-    return xp.reshape(index, (-1,))
+    rows = ramp(channels, n * h * w, (-1, 1, 1)) + ramp(kh, dh * w, (1, -1, 1)) + ramp(kw, dw, (1, 1, -1))
+    columns = ramp(n, h * w, (-1, 1, 1)) + ramp(out_h, sh * w, (1, -1, 1)) + ramp(out_w, sw, (1, 1, -1))
+    return xp.reshape(xp.reshape(rows, (-1, 1)) + xp.reshape(columns, (1, -1)), (-1,))
 
 
-def gather_columns(xp: Namespace, x: Array, index: Array, positions: int, ones_row: bool) -> Array:
-    """:func:`conv_columns` as one gather (``take``) instead of strided slices and a ``concat``:
-    (N, C, H, W) -> (N, C*kh*kw [+ 1], positions).  Fewer, larger operations, which is what a GPU
-    wants (each costs 10-100 us of host time there); on a CPU the slices are 2-3x faster
+def gather_columns(xp: Namespace, x: Array, index: Array, rows: int) -> Array:
+    """:func:`conv_columns` as one gather (``take``) instead of kh*kw strided slices:
+    x (C, N, H, W) -> (rows, N*out_h*out_w) with rows = C*kh*kw.  Fewer, larger operations, which is
+    what a GPU wants (each costs 10-100 us of host time there); on a CPU the slices are faster
     (measured: docs/performance.md)."""
-    n = x.shape[0]
-    flat = xp.reshape(x, (n, -1))
-    if ones_row:
-        flat = xp.concat([flat, xp.ones((n, 1), dtype=x.dtype, device=device_of(x))], axis=1)
-    return xp.reshape(xp.take(flat, index, axis=1), (n, -1, positions))
+    return xp.reshape(xp.take(xp.reshape(x, (-1,)), index, axis=0), (rows, -1))
 
 
 def col2im(xp: Namespace, cols: Array, padded_shape: tuple[int, ...], kh: int, kw: int, stride: Pair,
