@@ -23,6 +23,8 @@ import pytest
 
 from xpcnn import data
 from xpcnn.cli import train_main
+from xpcnn.training import run as run_module
+from xpcnn.training.executors import SplitStep
 from xpcnn.training.snapshot import read as read_checkpoint
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -129,13 +131,41 @@ def assert_same_run(a, b):
     assert ma["final"] == mb["final"]
 
 
+def shares_run(args, shares):
+    """A single-process run with every batch cut into ``shares`` shares (``SplitStep(shares)``, the
+    cut of ``shares`` MPI ranks), through the command line's own assembly."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "choose_executor", lambda options, backend, compare=False: SplitStep(shares))
+        return train_main(args)
+
+
 @pytest.fixture(scope="module")
 def reference(small, tmp_path_factory):
-    """Single-process runs: plain, --threads 2, --threads 3."""
+    """Single-process runs: plain (whole batches), 2 shares, 3 shares."""
     folder = tmp_path_factory.mktemp("reference")
-    for name, extra in (("plain", []), ("threads2", ["--threads", "2"]), ("threads3", ["--threads", "3"])):
-        assert train_main(flags(small, folder / name, *extra)) == 0
+    assert train_main(flags(small, folder / "plain", "--chunk", "32")) == 0
+    for shares in (2, 3):
+        assert shares_run(flags(small, folder / f"threads{shares}"), shares) == 0
     return folder
+
+
+BN_MODEL = "conv4k3-bn-relu-maxpool2-conv6k3-bn-relu-flatten-dense16-bn-relu-dense"
+
+
+def test_batch_norm_is_synchronised_over_ranks(mpi, small, tmp_path):
+    """BatchNorm's statistics exchanged between the ranks: 2 ranks give bitwise the 2-share run
+    (whose statistics are the whole batch's) and the whole-batch run up to rounding, running
+    statistics included."""
+    extra = ["--model", BN_MODEL, "--epochs", "1"]
+    assert shares_run(flags(small, tmp_path / "shares", *extra), 2) == 0
+    assert train_main(flags(small, tmp_path / "plain", *extra, "--chunk", "32")) == 0
+    code, out, err = run(mpi, 2, dflags(small, tmp_path / "d", *extra))
+    assert code == 0, out + err
+    assert_same_run(tmp_path / "d", tmp_path / "shares")
+    plain = arrays(tmp_path / "plain")
+    assert any("running_var" in key for key in plain)
+    for key, value in arrays(tmp_path / "d").items():
+        np.testing.assert_allclose(value, plain[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
@@ -328,6 +358,8 @@ sys.modules["mpi4py"] = None  # as if it were not installed
 sys.path.insert(0, {root!r})
 import xpcnn, xpcnn.training
 from xpcnn.cli import train_main
+from xpcnn.training import run as run_module
+from xpcnn.training.executors import SplitStep
 assert train_main(["--data", {data!r}, "--epochs", "1", "--quiet", "--out", {out!r}]) == 0
 print("trained without mpi4py", flush=True)
 raise SystemExit(train_main(["--distributed", "--data", {data!r}, "--out", {out!r}]))
@@ -384,14 +416,16 @@ def test_bench_rank_rows_time_the_ranks_and_compare_them(mpi, monkeypatch):
     assert "timed round-robin inside each mpiexec" in lines[2]
 
 
-def test_dropout_runs_data_parallel_bitwise_like_threads_and_batch_norm_is_refused(mpi, small, tmp_path):
+def test_dropout_runs_data_parallel_bitwise_like_threads_and_chunked_batch_norm_is_refused(mpi, small, tmp_path):
     """Each rank takes its share of the step's host-drawn dropout noise: 2 ranks are bitwise the
-    --threads 2 run.  BatchNorm needs the whole batch's statistics: a one-line exit 2."""
+    2-share run.  BatchNorm with --chunk (pieces inside a rank's share, not synchronised over the
+    ranks): a one-line exit 2."""
     model = ["--model", "conv4k5-relu-maxpool2-flatten-dense16-relu-dropout0.3-dense", "--epochs", "1"]
-    assert train_main(flags(small, tmp_path / "threads", *model, "--threads", "2")) == 0
+    assert shares_run(flags(small, tmp_path / "threads", *model), 2) == 0
     code, out, err = run(mpi, 2, dflags(small, tmp_path / "d", *model))
     assert code == 0, out + err
     assert_same_run(tmp_path / "d", tmp_path / "threads")
-    code, out, err = run(mpi, 2, dflags(small, tmp_path / "bn", "--model", "conv4k5-bn-relu-flatten-dense"))
+    code, out, err = run(mpi, 2, dflags(small, tmp_path / "bn", "--model", "conv4k5-bn-relu-flatten-dense",
+                                        "--chunk", "8"))
     assert code == 2 and "DataParallelStep: layer 1 (BatchNorm2D) computes statistics over the whole batch" in err
     assert "Traceback" not in err

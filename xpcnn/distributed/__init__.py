@@ -18,9 +18,12 @@ barrier every rank reads every row, no copy by MPI), else the vectors are ``Allg
 it.  So:
 
 * every rank holds bitwise the same sum, and so the same parameters after every step;
-* an N-rank run is **bitwise equal** to the single-process ``SplitStep(threads=N)`` run
-  (``train.py --threads N``), whatever the MPI library, and equal to the plain run up to float
+* an N-rank run is **bitwise equal** to the single-process ``SplitStep(threads=N)`` run (each
+  batch cut into N shares), whatever the MPI library, and equal to the plain run up to float
   rounding;
+* BatchNorm is synchronised: its layers exchange their share's statistics over the ranks
+  (:class:`~xpcnn.distributed.step.RankStatistics`, host arrays) and combine them in rank order, as
+  the shares of a ``SplitStep`` do, so every rank normalises with the whole batch's statistics;
 * the loss each step returns is the global batch loss, the same on every rank: a divergence is
   seen at the same step everywhere.
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xpcnn.backends import Array, Backend, from_numpy, limit_blas_threads
+from xpcnn.backends import Array, Backend, from_numpy, limit_blas_threads, to_numpy
 from xpcnn.data import targets_to_batch, to_batch
 from xpcnn.distributed.mpi import mpi
 from xpcnn.distributed.reducers import REDUCTIONS, Reducer, make_reducer, reducer_class
@@ -23,6 +23,7 @@ from xpcnn.training.executors import (
     refuse_batch_statistics,
     refuse_empty_batch,
     share_bounds,
+    statistics_layers,
 )
 
 if TYPE_CHECKING:
@@ -37,15 +38,32 @@ class RankMismatch(RuntimeError):
     message names the rank(s) that differ from rank 0."""
 
 
+class RankStatistics:
+    """BatchNorm's :class:`~xpcnn.nn.batchnorm.StatisticsReducer` over MPI ranks: every rank's
+    partial statistics, gathered on the host (``allgather``: the mpich wheel is not CUDA-aware) and
+    handed back in rank order, so every rank combines them as the shares of a
+    :class:`~xpcnn.training.executors.SplitStep` are combined: the same bits."""
+
+    def __init__(self, comm: Any, backend: Backend, dtype: str) -> None:
+        self.comm, self.backend, self.dtype = comm, backend, dtype
+
+    def exchange(self, values: tuple) -> list[tuple]:
+        host = tuple(value if isinstance(value, (int, float)) else to_numpy(value) for value in values)
+        return [tuple(value if isinstance(value, (int, float)) else from_numpy(value, self.backend, self.dtype)
+                      for value in part) for part in self.comm.allgather(host)]
+
+
 class DataParallelStep(StepExecutor):
     """Each rank computes its share of every batch; gradients are summed in rank order
     (:mod:`xpcnn.distributed`'s docstring).  ``comm``: an mpi4py communicator (default ``COMM_WORLD``; give a duplicate,
     ``comm.Dup()``, when other code runs collectives on it too).  Every rank must construct, bind,
     step, stop and evaluate alike: these are collectives.  A CPU rank runs BLAS on one thread:
-    launch one rank per core.  ``reduction``: "gather" (bitwise-equal to ``--threads N``),
+    launch one rank per core.  ``reduction``: "gather" (bitwise-equal to ``SplitStep(threads=N)``),
     "allreduce" (repeatable, not bitwise-equal) or "nccl" (GPU ranks).  ``chunk``: run the rank's
     share as pieces of at most that many images (the same step up to float rounding; then not
-    bitwise-equal to the threaded run).  ``shared_memory`` (the "gather" reduction): meet in a
+    bitwise-equal to the threaded run; not with BatchNorm).  BatchNorm layers compute the whole
+    batch's statistics: the ranks exchange their partial sums (:class:`RankStatistics`).
+    ``shared_memory`` (the "gather" reduction): meet in a
     shared-memory window (True), through ``Allgather`` (False), or None: the window when every
     rank is on one machine.  The same sum either way, bit for bit."""
 
@@ -78,8 +96,12 @@ class DataParallelStep(StepExecutor):
         return self.rank == 0
 
     def bind(self, model: Sequential, loss_fn: Loss, optimizer: Optimizer, backend: Backend, dtype: str) -> None:
-        refuse_batch_statistics(model, "DataParallelStep", "--distributed")
+        if self.chunk is not None:
+            refuse_batch_statistics(model, "DataParallelStep", "--chunk (with --distributed)")
         super().bind(model, loss_fn, optimizer, backend, dtype)
+        self.statistics = statistics_layers(model)
+        for statistics_layer in self.statistics:  # synchronised BatchNorm: the whole batch's statistics
+            statistics_layer.reducer = RankStatistics(self.comm, backend, dtype)
         self.layout, offset = [], 0  # (layer index, name, shape, offset, size), in parameter order
         for index, layer in enumerate(model.layers):
             for name, value in layer.params.items():
@@ -118,6 +140,10 @@ class DataParallelStep(StepExecutor):
         """This rank's share of the batch (and of the step's Dropout noise, drawn for the whole batch)."""
         refuse_empty_batch(images, type(self).__name__)
         n = len(images)
+        if self.statistics and n < self.size:  # every rank must meet in BatchNorm's exchange
+            raise ValueError(f"DataParallelStep: a batch of {n} image{'s' if n != 1 else ''} for {self.size} ranks; "
+                             f"a model with BatchNorm needs at least one image per rank (a larger --batch-size, or "
+                             f"fewer ranks)")
         shares = share_bounds(n, self.size)
         if self.rank >= len(shares):  # fewer images than ranks: this rank sits the batch out
             return None, None, n, len(shares), 0, 0, None
@@ -210,6 +236,8 @@ class DataParallelStep(StepExecutor):
             if reducer is not None:
                 reducer.release()
         self.reducer = self._stale = None
+        for statistics_layer in getattr(self, "statistics", ()):
+            statistics_layer.reducer = None
         if self.local is not None:
             self.local.close()
             self.local = None

@@ -12,7 +12,7 @@ from helpers import interrupt_and_resume, refuse_host_reads
 from xpcnn import data, resolve
 from xpcnn.backends import BackendError
 from xpcnn.training import PRESETS, Trainer
-from xpcnn.training.executors import JaxJitStep, TorchGraphStep, compiled_executor
+from xpcnn.training.executors import JaxJitStep, TorchGraphStep, WholeBatchStep, compiled_executor
 
 TRAIN = data.load_embedded().train.take(230)  # 50-image batches: four full ones and a partial one of 30
 
@@ -24,7 +24,8 @@ def config(optimizer, **changes):
 
 
 def train(cfg, backend, executor=None):
-    with Trainer(cfg, backend, executor=executor) as trainer:
+    """A run with ``executor``, by default the eager whole-batch step (what the compiled steps equal)."""
+    with Trainer(cfg, backend, executor=executor or WholeBatchStep()) as trainer:
         trainer.fit(TRAIN)
     return trainer
 

@@ -44,7 +44,9 @@ def _config(**changes):
 
 
 def _train(backend, executor=None, model=None, **changes):
-    with Trainer(_config(**changes), backend, model=model or _network(), executor=executor) as trainer:
+    """A run with ``executor``, by default the eager whole-batch step (the reference the others equal)."""
+    with Trainer(_config(**changes), backend, model=model or _network(), executor=executor or WholeBatchStep()) \
+            as trainer:
         trainer.fit(TRAIN)
     return trainer
 
@@ -85,10 +87,10 @@ def test_resume_in_the_middle_of_an_epoch_is_bitwise(cpu_backend):
         if trainer.state.epoch == 1 and trainer.state.step_in_epoch == 2:
             trainer.stop_requested = True
 
-    with Trainer(_config(epochs=3), cpu_backend, model=_network(), sync_every=1) as first:
+    with Trainer(_config(epochs=3), cpu_backend, model=_network(), sync_every=1, executor=WholeBatchStep()) as first:
         with pytest.raises(Exception, match="interrupted at epoch 2, step 2"):
             first.fit(TRAIN, extensions=[Lambda(on_losses=stop)])
-    with Trainer(_config(epochs=3), cpu_backend, model=_network()) as resumed:
+    with Trainer(_config(epochs=3), cpu_backend, model=_network(), executor=WholeBatchStep()) as resumed:
         resumed.model.load_state_dict(first.model.state_dict())
         resumed.optimizer.load_state_dict(first.optimizer.state_dict(), resumed.model)
         resumed.rng.bit_generator.state = first.rng.bit_generator.state
@@ -111,7 +113,7 @@ def test_batch_norm_1d_and_a_last_batch_of_one_image_are_refused_before_the_firs
 
 def test_split_step_slices_the_noise(cpu_backend):
     """Dropout under SplitStep: each share gets its rows of the batch's noise, so shares give the
-    whole-batch step (to rounding); BatchNorm, whose statistics need the whole batch, is refused."""
+    whole-batch step (to rounding); with BatchNorm too, its statistics synchronised over the shares."""
     def dropout_net():
         rng = np.random.default_rng(2)
         return Sequential(Conv2D(1, 3, 5, rng=rng), ReLU(), MaxPool2D(2), Flatten(), Dropout(0.4),
@@ -120,9 +122,7 @@ def test_split_step_slices_the_noise(cpu_backend):
     whole = _train(cpu_backend, model=dropout_net())
     split = _train(cpu_backend, SplitStep(threads=2, chunk=15), model=dropout_net())
     _assert_same(split, whole, rtol=1e-10)
-    with pytest.raises(ValueError, match=r"SplitStep: layer 1 \(BatchNorm2D\) computes statistics over the "
-                                         r"whole batch"):
-        Trainer(_config(), cpu_backend, model=_network(), executor=SplitStep(threads=2))
+    _assert_same(_train(cpu_backend, SplitStep(threads=2, chunk=15)), _train(cpu_backend), rtol=1e-10)
 
 
 def test_executor_batches_carry_noise_only_for_dropout(cpu_backend):

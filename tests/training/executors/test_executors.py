@@ -78,11 +78,11 @@ def test_trainer_with_shares_follows_the_whole_batch_run(cpu_backend, preset, th
     dataset = data.load_embedded()
     config = dataclasses.replace(PRESETS[preset], dtype="float64", epochs=1, train_count=None, batch_size=50)
     train = dataset.train.take(300)
-    with Trainer(config, cpu_backend) as single:
+    with Trainer(config, cpu_backend, executor=WholeBatchStep()) as single:
         single.fit(train)
     runs = []
     for _ in range(2):
-        with Trainer(config, cpu_backend, threads=threads, chunk=chunk) as threaded:
+        with Trainer(config, cpu_backend, executor=SplitStep(threads, chunk)) as threaded:
             threaded.fit(train)
             runs.append(threaded.model.state_dict())
     reference = single.model.state_dict()
@@ -113,8 +113,9 @@ def test_limit_blas_threads_restores_the_limits(cpu_backend):
 
 def test_make_executor_picks_the_plain_step_unless_asked_to_split():
     assert type(make_executor()) is WholeBatchStep
-    assert type(make_executor(threads=2)) is SplitStep and make_executor(threads=2).describe() == "2 threads per batch"
-    assert make_executor(chunk=8).describe() == "pieces of at most 8 images"
+    assert type(make_executor(threads=2)) is SplitStep and make_executor(threads=2).describe() == \
+        "2 shares per batch, 2 threads"
+    assert make_executor(chunk=8).describe() == "pieces of at most 8 images, 1 thread"
 
 
 class CountingStep(WholeBatchStep):
@@ -144,7 +145,7 @@ def test_a_custom_executor_plugs_into_the_loop_and_the_trainer_closes_it(cpu_bac
     with Trainer(config, cpu_backend, executor=executor) as custom:
         custom.fit(train)
     assert executor.calls == 8 and executor.running_entered == 1 and executor.closed == 1
-    with Trainer(config, cpu_backend) as plain:
+    with Trainer(config, cpu_backend, executor=WholeBatchStep()) as plain:
         plain.fit(train)
     for name, value in plain.model.state_dict().items():
         np.testing.assert_array_equal(custom.model.state_dict()[name], value)
@@ -152,7 +153,7 @@ def test_a_custom_executor_plugs_into_the_loop_and_the_trainer_closes_it(cpu_bac
 
 def test_split_step_pool_is_closed_by_the_trainer(cpu_backend):
     config = dataclasses.replace(PRESETS["default"], dtype="float64", epochs=1, batch_size=50)
-    with Trainer(config, cpu_backend, threads=2) as trainer:
+    with Trainer(config, cpu_backend, executor=SplitStep(2)) as trainer:
         trainer.fit(data.load_embedded().train.take(100))
         pool = trainer.executor.pool
         assert pool is not None

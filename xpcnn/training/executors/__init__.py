@@ -4,7 +4,9 @@
 base.py         the contract, :class:`StepExecutor`, and :func:`forward_backward`, the one forward
                 and backward pass every executor runs
 whole.py        :class:`WholeBatchStep`, the plain step
-split.py        :class:`SplitStep`: each batch cut into shares (``--threads``, ``--chunk``)
+split.py        :class:`SplitStep`: each batch cut into shares (``--chunk``) over threads (``--threads``),
+                BatchNorm synchronised over the shares
+default.py      :func:`default_executor`: the executor of a run given none (the CLI's and the Trainer's)
 compiled.py     what compiled executors share; :func:`compiled_executor` (``--compile``)
 jax_jit.py      :class:`JaxJitStep`: ``jax.jit`` of the whole step
 cuda_graph.py   :class:`TorchGraphStep`: the whole step as one CUDA graph on ``torch:cuda``
@@ -30,10 +32,12 @@ from xpcnn.training.executors.compiled import (
     has_compiled_executor,
 )
 from xpcnn.training.executors.cuda_graph import TorchGraphStep
+from xpcnn.training.executors.default import DEFAULT_CHUNK, default_executor, usable_cores
 from xpcnn.training.executors.jax_jit import JaxJitStep
-from xpcnn.training.executors.split import SplitStep, make_executor
+from xpcnn.training.executors.split import ShareExchange, ShareReducer, SplitStep, make_executor, statistics_layers
 from xpcnn.training.executors.whole import WholeBatchStep
 
-__all__ = ["CompiledStep", "JaxJitStep", "SplitStep", "StepExecutor", "TorchGraphStep", "WholeBatchStep",
-           "compiled_executor", "compiles_by_default", "forward_backward", "has_compiled_executor", "make_executor",
-           "ordered_sum", "refuse_batch_statistics", "refuse_empty_batch", "share_bounds", "unpack"]
+__all__ = ["DEFAULT_CHUNK", "CompiledStep", "JaxJitStep", "ShareExchange", "ShareReducer", "SplitStep", "StepExecutor",
+           "TorchGraphStep", "WholeBatchStep", "compiled_executor", "compiles_by_default", "default_executor",
+           "forward_backward", "has_compiled_executor", "make_executor", "ordered_sum", "refuse_batch_statistics",
+           "refuse_empty_batch", "share_bounds", "statistics_layers", "unpack", "usable_cores"]
