@@ -1,30 +1,55 @@
 #!/usr/bin/env python
 """Benchmark xpcnn's training speed against PyTorch's own layers and the article's loops.
 
-Workloads (float32 by default):
-  bench    conv 1->F 5x5 (F=8), sigmoid, flatten, dense F*576 -> 10, softmax cross-entropy, SGD,
-           batch 128, MNIST-sized images (the embedded digits)
-  article  the article's network (conv 1->3 5x5, sigmoid, dense 1728 -> 1, sigmoid, 1/2 squared
-           error, gradient descent) on its 200-image binary task, one full batch per epoch
+Workloads (--workload, a comma-separated list; float32 by default):
+  bench     conv 1->F 5x5 (F=8), sigmoid, flatten, dense F*576 -> 10, softmax cross-entropy, SGD,
+            MNIST-sized images (the embedded digits)
+  article   the article's network (conv 1->3 5x5, sigmoid, dense 1728 -> 1, sigmoid, 1/2 squared
+            error, gradient descent) on its 200-image binary task, one full batch per epoch
+  lenet5    the lenet5 preset on the embedded digits (1x28x28)
+  vgg       the vgg preset on the embedded digits painted on 3x32x32 colour canvases (the images of
+            scripts/colour_digits.py, colours from seed 0)
+  resnet20  the resnet20 preset on the same colour images
+  both      bench and article (the default)
+The presets train with their recipe's optimizer, learning rate and weight decay (no schedule, no
+normalisation, no augmentation), against their PyTorch twin (scripts/torch_twin.py: the same layers
+and starting weights, torch.optim's same optimizer); the parameter counts of both, and both losses
+before and after one step on the same images, are printed once per workload (the sanity line).
+Every workload takes all 4,500 embedded digits per epoch (the article 200); --images N cuts that.
 
-Timed in one process on the same data: xpcnn on every available backend; the same network in
-PyTorch (nn.Conv2d / nn.Linear / autograd) on the CPU, and on CUDA when present; and a naive
-baseline in the article's style (Python loops over images, filters and patches) on a small
-subset, scaled to a full epoch.  Warm-up first, then the median of --repeats epochs; GPU
-timings synchronise the device before the clock is read.  On NumPy it also times the same code
-with each batch run as pieces of --chunk images, and over --threads threads (xpcnn.training.executors).
-PyTorch uses every core by default; --torch-threads 1 (or 1,2,...) adds PyTorch rows held to
-that many threads and prints each xpcnn CPU row against them: the per-core comparison.
---ranks 2 (or 2,4,...) adds xpcnn on NumPy data-parallel over that many MPI ranks, each rank on one
-core: one mpiexec job per rank count, run from here after the in-process rows
+Rows, timed in one process on the same data: "xpcnn default (train.py)", what `python scripts/train.py`
+runs by default (NumPy, xpcnn.training.executors.default_executor); "xpcnn numpy, 1 thread" (whole
+batches, one BLAS thread); xpcnn on every other available backend, eager and, where the backend has
+one, compiled; for bench and article NumPy with each batch run as pieces of --chunk images and over
+--threads threads; the same network in PyTorch (nn layers, autograd) with its default threads (all
+cores), held to each --torch-threads count (default 1), and on CUDA (eager and torch.compile
+reduce-overhead) when present; and for bench and article a naive baseline in the article's style
+(Python loops over images, filters and patches) on a small subset, scaled to a full epoch.
+Implementations alternate round-robin, each timed epoch after an untimed one of its own (warm-up),
+the median of --repeats; GPU timings synchronise the device before the clock is read.
+
+Each row carries `threads` (the cores it computes on; none on a GPU), `default` (the default
+command's row) and `speed_vs_pytorch`: PyTorch's time over the row's, against the PyTorch row with
+the same thread count (PyTorch's default row for xpcnn's default row; PyTorch on CUDA for CUDA rows).
+Peak host memory (`peak_mb`, MB = 10^6 bytes; not GPU memory): each row's implementation is built
+again in a child process of its own, which resets its peak resident memory (VmHWM, via
+/proc/self/clear_refs) after building the model and reports how far one epoch (the first:
+compilation included) raised it above the resident memory at that point; Linux only, --no-memory
+skips it.  --contend repeats each round while a child
+process (a Python busy loop) keeps one core busy, and reports each row's contended time and its
+slowdown (contended / quiet time); the child is killed when the round ends, however it ends.
+--ranks 2 (or 2,4,...) adds xpcnn on NumPy data-parallel over that many MPI ranks (workload bench),
+each rank on one core: one mpiexec job per rank count, run from here after the in-process rows
 (benchmark_ranks), which times N ranks, one rank and PyTorch's network round-robin, and
 gives the speed-up over one rank, the ratio to that PyTorch and the gradient exchange per step.
 Before timing it sets OPENBLAS_THREAD_TIMEOUT and glibc's malloc thresholds (xpcnn.training.hostmem)
 for every implementation alike; the JSON records both.
 
-  python scripts/bench.py                         # both workloads, table + bench.json
+  python scripts/bench.py                         # bench and article, table + bench.json
+  python scripts/bench.py --workload lenet5,vgg,resnet20,bench --batch-sizes 128 --repeats 5
+  python scripts/bench.py --workload vgg --images 1280 --contend
   python scripts/bench.py --batch-sizes 32,128,512 --filters 8,32 --plot
-  python scripts/bench.py --workload bench --backends numpy --torch-threads 1
+  python scripts/bench.py --workload bench --backends numpy --torch-threads 1,2
 """
 
 from __future__ import annotations
@@ -47,7 +72,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import benchmark  # noqa: E402
 import benchmark_ranks  # noqa: E402
-from benchmark import SPECS, machine, run, scale_check  # noqa: E402
+from benchmark import PRESET_WORKLOADS, SPECS, WORKLOADS, machine, run, scale_check  # noqa: E402
 
 from xpcnn.backends import available  # noqa: E402
 from xpcnn.io.files import check_writable_file, write_json  # noqa: E402
@@ -56,19 +81,37 @@ from xpcnn.training.hostmem import keep_freed_memory  # noqa: E402
 
 
 def print_table(result: dict) -> None:
-    print(f"\nworkload {result['workload']}: {result['images']} images/epoch, batch {result['batch']}, "
-          f"filters {result['filters'] if result['workload'] == 'bench' else 3}, {result['dtype']}, "
-          f"median of {result['repeats']}")
-    print(f"  {'implementation':<40} {'epoch (s)':>10} {'images/s':>10} {'xpcnn/pytorch':>14} {'xpcnn/naive':>12}")
+    workload = result["workload"]
+    what = f", filters {result['filters']}" if workload == "bench" else ""
+    shape = "x".join(map(str, result.get("image_shape", [])))
+    print(f"\nworkload {workload}: {result['images']} images/epoch of {shape}, batch {result['batch']}{what}, "
+          f"{result['dtype']}, median of {result['repeats']}")
+    twin = result.get("twin")
+    if twin:
+        counts, ok = twin["parameters"], "agree" if twin["ok"] else "DIFFER"
+        ours, theirs = twin["xpcnn_losses"], twin["pytorch_losses"]
+        print(f"  parameters: xpcnn {counts['xpcnn']:,}, PyTorch twin {counts['pytorch']:,}; loss on {twin['images']} "
+              f"images before/after one step: xpcnn {ours[0]:.5f}/{ours[1]:.5f}, "
+              f"PyTorch {theirs[0]:.5f}/{theirs[1]:.5f} ({ok})")
+    contend = result.get("contend")
+    extra = f" {'contended':>10} {'slowdown':>9}" if contend else ""
+    print(f"  {'implementation':<46} {'threads':>7} {'epoch (s)':>10} {'images/s':>10} {'vs pytorch':>10} "
+          f"{'peak MB':>8}{extra} {'xpcnn/naive':>12}")
     for row in result["rows"]:
         vs_torch = f"{row['speed_vs_pytorch']:.2f}x" if row.get("speed_vs_pytorch") else ""
         vs_naive = f"{row['speed_vs_naive']:.0f}x" if row.get("speed_vs_naive") else ""
-        print(f"  {row['impl']:<40} {row['epoch_s']:10.4f} {row['images_per_s']:10.0f} {vs_torch:>14} {vs_naive:>12}")
+        threads = "gpu" if row.get("threads") is None else str(row["threads"])
+        peak = f"{row['peak_mb']:.0f}" if row.get("peak_mb") is not None else ""
+        more = ""
+        if contend:
+            more = f" {row['epoch_s_contended']:10.4f} {row['slowdown']:8.2f}x" if "slowdown" in row else " " * 21
+        name = ("* " if row.get("default") else "  ") + row["impl"]
+        print(f"  {name:<46} {threads:>7} {row['epoch_s']:10.4f} {row['images_per_s']:10.0f} {vs_torch:>10} "
+              f"{peak:>8}{more} {vs_naive:>12}")
+    print("  * the default command's row.  vs pytorch: against PyTorch with as many threads (its default for *)")
     for row in result["rows"]:
-        for held, ratio in row.get("speed_vs_pytorch_threads", {}).items():
-            print(f"  {row['impl']:<40} vs pytorch nn cpu, {held}: {ratio:.2f}x")
         if row.get("speed_vs_torch_compile"):
-            print(f"  {row['impl']:<40} vs pytorch torch.compile reduce-overhead: {row['speed_vs_torch_compile']:.2f}x")
+            print(f"  {row['impl']:<46} vs pytorch torch.compile reduce-overhead: {row['speed_vs_torch_compile']:.2f}x")
 
 
 def counts(parser, flag: str, text: str) -> list[int]:
@@ -85,8 +128,13 @@ def counts(parser, flag: str, text: str) -> list[int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--workload", choices=("bench", "article", "both"), default="both")
-    parser.add_argument("--batch-sizes", default="128", help="comma-separated batch sizes for 'bench'")
+    parser.add_argument("--workload", default="both", metavar="W[,W...]",
+                        help=f"comma-separated workloads among {', '.join(WORKLOADS)} and both (bench,article); "
+                             "default both")
+    parser.add_argument("--batch-sizes", default="128",
+                        help="comma-separated batch sizes for every workload but article (one full batch)")
+    parser.add_argument("--images", type=int, metavar="N",
+                        help="train each epoch on the first N images (default: all 4,500 digits; article 200)")
     parser.add_argument("--filters", default="8", help="comma-separated filter counts for 'bench'")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--repeats", type=int, default=5)
@@ -94,14 +142,21 @@ def main(argv=None) -> int:
     parser.add_argument("--naive-subset", type=int, default=20, help="images the naive loops are timed on")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="also time xpcnn on NumPy with each batch split over this many threads "
-                             "(xpcnn.parallel; 1: no such row; default: 2 where there are 2 cores)")
+                             "(SplitStep; bench and article; 1: no such row; default: 2 where there are 2 cores)")
     parser.add_argument("--chunk", type=int, default=64,
                         help="also time xpcnn on NumPy with each batch run as pieces of at most this many "
                              "images, and use them in the threads row (0: no pieces; default 64)")
-    parser.add_argument("--torch-threads", default="", metavar="N[,M...]",
+    parser.add_argument("--torch-threads", default="1", metavar="N[,M...]",
                         help="also time PyTorch on the CPU held to each of these intra-op thread counts "
-                             "(the per-core comparison; the xpcnn/pytorch column stays against PyTorch's "
-                             "default, all cores)")
+                             "(default 1: the per-core comparison; '' for none): an xpcnn row's 'vs pytorch' "
+                             "is against the PyTorch row with its thread count")
+    parser.add_argument("--torch-devices", default="cpu,cuda", metavar="D[,D]",
+                        help="PyTorch's devices to time, of those present (default cpu,cuda; '' for none)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the peak-memory children (one fresh process and one epoch per row)")
+    parser.add_argument("--contend", action="store_true",
+                        help="also time every round while another process keeps one core busy; report each "
+                             "row's contended time and slowdown")
     parser.add_argument("--ranks", default="", metavar="N[,M...]",
                         help="also time xpcnn on NumPy data-parallel over each of these numbers of MPI ranks "
                              "(mpiexec -n N, xpcnn.distributed; with --chunk pieces inside each rank), "
@@ -116,6 +171,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.images is not None and args.images < 1:
+        parser.error(f"--images must be >= 1, got {args.images}")
+    workloads: list[str] = []
+    for name in (w.strip() for w in args.workload.split(",")):
+        if name not in (*WORKLOADS, "both"):
+            parser.error(f"--workload: unknown workload {name!r}; choose among {', '.join(WORKLOADS)} or both")
+        for one in (("article", "bench") if name == "both" else (name,)):
+            if one not in workloads:
+                workloads.append(one)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     if args.chunk < 0:
@@ -130,6 +194,8 @@ def main(argv=None) -> int:
     torch_threads = counts(parser, "--torch-threads", args.torch_threads)
     if torch_threads and importlib.util.find_spec("torch") is None:
         parser.error("--torch-threads needs PyTorch: pip install torch")
+    if any(w in PRESET_WORKLOADS for w in workloads) and importlib.util.find_spec("torch") is None:
+        parser.error("--workload lenet5, vgg and resnet20 compare against PyTorch's twin: pip install torch")
     ranks = counts(parser, "--ranks", args.ranks)
     if ranks and (importlib.util.find_spec("mpi4py") is None or benchmark_ranks.find_mpiexec() is None):
         parser.error("--ranks needs mpi4py and mpiexec: pip install 'xpcnn[mpi]'")
@@ -140,22 +206,34 @@ def main(argv=None) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         parser.error("--plot needs matplotlib: pip install 'xpcnn[plot]'")
     benchmark.IM2COL = args.im2col
-    specs = available([s for s in args.backends.split(",") if s])
+    asked = [s for s in args.backends.split(",") if s]
+    specs = available(asked)
+    torch_on = [d for d in args.torch_devices.split(",") if d]
+    if set(torch_on) - {"cpu", "cuda"}:
+        parser.error(f"--torch-devices takes cpu and/or cuda, got {args.torch_devices!r}")
+    missing = [s for s in asked if s not in specs] + [
+        f"pytorch {d}" for d in torch_on if d not in benchmark.torch_devices()]
+    if not specs and not [d for d in torch_on if d in benchmark.torch_devices()]:
+        parser.error(f"nothing to time: none of --backends {args.backends!r} and no PyTorch device of "
+                     f"--torch-devices {args.torch_devices!r} is available here")
+    if missing:
+        print(f"skipped (not available here): {', '.join(missing)}")
     allocator = keep_freed_memory()  # for every implementation timed here, PyTorch's included
     report = {"machine": {**machine(), "allocator": allocator}, "im2col": benchmark.IM2COL, "results": []}
     print(f"machine: {report['machine']}")
-    if args.workload in ("article", "both"):
-        result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset, threads=args.threads,
-                     chunk=args.chunk or None, torch_threads=torch_threads)
-        print_table(result)
-        report["results"].append(result)
-    if args.workload in ("bench", "both"):
-        for filters in filter_counts:
+    common = {"threads": args.threads, "chunk": args.chunk or None, "torch_threads": torch_threads,
+              "images": args.images, "memory": args.memory, "contend": args.contend, "torch_on": torch_on}
+    for workload in workloads:
+        if workload == "article":
+            result = run("article", 200, 3, args.dtype, args.repeats, specs, args.naive_subset, **common)
+            print_table(result)
+            report["results"].append(result)
+            continue
+        for filters in (filter_counts if workload == "bench" else filter_counts[:1]):
             for batch in batch_sizes:
-                result = run("bench", batch, filters, args.dtype, args.repeats, specs, args.naive_subset,
-                             threads=args.threads,
-                             chunk=args.chunk or None, naive=(batch == batch_sizes[0]), torch_threads=torch_threads)
-                if ranks:
+                result = run(workload, batch, filters, args.dtype, args.repeats, specs, args.naive_subset,
+                             naive=(batch == batch_sizes[0]), **common)
+                if ranks and workload == "bench":
                     benchmark_ranks.add_rank_rows(result, ranks, args.chunk or None)
                 print_table(result)
                 for line in benchmark_ranks.format_rank_rows(result):

@@ -105,7 +105,8 @@ def add_rank_rows(result: dict, ranks: list[int], chunk: int | None, backend: st
     def row(n, record, epoch_s, times):
         torch_s = record.get("torch_cpu_s")
         return {"impl": f"xpcnn {backend}, {n} MPI rank{'s' if n > 1 else ''}{pieces}",
-                "spec": f"{backend}, {n} ranks", "ranks": n, "epoch_s": epoch_s, "times": times,
+                "spec": f"{backend}, {n} ranks", "ranks": n, "threads": n, "default": False,
+                "epoch_s": epoch_s, "times": times,
                 "images_per_s": record["images"] / epoch_s,
                 "speed_vs_pytorch": torch_s / epoch_s if torch_s else None, "torch_cpu_s": torch_s,
                 "speed_vs_naive": naive["epoch_s"] / epoch_s if naive else None,

@@ -10,7 +10,9 @@
 #    5. the default training run on CuPy (with MNIST_DIR, an IDX folder holding the test set,
 #    its test accuracy), 6. compiled execution: parity of a CUDA-graph run (torch:cuda --compile)
 #    and a jax.jit run against NumPy, and training with --compile (the benchmark's "compiled" rows
-#    and PyTorch's torch.compile reduce-overhead row come with step 3), 7. two data-parallel ranks
+#    and PyTorch's torch.compile reduce-overhead row come with step 3; step 3 also times the lenet5, vgg
+#    and resnet20 presets on CuPy, torch:cuda eager and graphed, and jax:cuda against PyTorch's twin
+#    eager and under torch.compile), 7. two data-parallel ranks
 #    on the GPU(s) (NCCL where there are two GPUs, host staging otherwise), 8. resnet20: an epoch of
 #    xpcnn on CuPy against PyTorch's twin on CUDA (scripts/torch_twin.py).  Everything lands in
 #    OUTDIR (default runs/gpu); the exit status is non-zero if any step failed.
@@ -46,8 +48,16 @@ step "gpu tests" pytest_gpu.log env XPCNN_REQUIRE_BACKENDS="${XPCNN_REQUIRE_BACK
   "$python" -m pytest -m gpu -q -rs -p no:cacheprovider
 step "parity numpy,cupy,torch:cuda" compare.log "$python" scripts/train.py --compare numpy,cupy,torch:cuda \
   --out "$out/compare" --quiet
+step "lockstep parity float32" compare_float32.log "$python" scripts/train.py --compare numpy,cupy,torch:cuda \
+  --dtype float32 --plot --out "$out/compare_float32" --quiet
 step "benchmark" bench.log "$python" scripts/bench.py --batch-sizes 128,512 --repeats 5 \
   --backends numpy,cupy:cuda,torch:cuda,jax:cuda --out "$out/bench.json"
+# The presets: xpcnn on CuPy, torch:cuda (eager and CUDA-graphed: its "compiled" row) and jax:cuda (jax.jit)
+# against PyTorch's twin on CUDA, eager and torch.compile reduce-overhead (no CPU rows: those are bench.py's
+# job on a quiet CPU machine; a backend missing here is reported as skipped).
+step "benchmark lenet5,vgg,resnet20" bench_presets.log "$python" scripts/bench.py --workload lenet5,vgg,resnet20 \
+  --batch-sizes 128 --repeats 5 --backends cupy:cuda,torch:cuda,jax:cuda --torch-devices cuda --torch-threads "" \
+  --out "$out/bench_presets.json"
 step "profile cupy" profile.log "$python" scripts/profile_step.py --backend cupy:cuda --batch-size 512 --repeats 100
 step "profile torch" profile_torch.log "$python" scripts/profile_step.py --backend torch:cuda --batch-size 512 --repeats 100
 step "train on cupy" train.log "$python" scripts/train.py --device cuda --out "$out/train" --quiet \

@@ -133,6 +133,19 @@ def parameter_count(model: Sequential) -> int:
     return sum(int(np.prod(value.shape)) for _, value in model.named_parameters())
 
 
+def torch_optimizer(net: Any, config: Any) -> Any:
+    """PyTorch's optimizer for a config's recipe, as xpcnn's ``build_optimizer`` builds it: adam (weight
+    decay as L2), adamw (decoupled), else SGD with the recipe's momentum (none for ``sgd``)."""
+    import torch
+
+    if config.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        return cls(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    momentum = config.momentum if config.optimizer == "momentum" else 0.0
+    return torch.optim.SGD(net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                           momentum=momentum, nesterov=config.nesterov)
+
+
 def torch_epochs(net: Any, train: Any, test: Any, config: Any, normalize: Any, epochs: int,
                  device: str = "cpu") -> tuple[list, float]:
     """Train PyTorch's twin like xpcnn's recipe (without augmentation); (epoch seconds, test accuracy)."""
@@ -148,12 +161,7 @@ def torch_epochs(net: Any, train: Any, test: Any, config: Any, normalize: Any, e
         x = (x - mean.astype(np.float32)[None, :, None, None]) / std.astype(np.float32)[None, :, None, None]
         return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        momentum = config.momentum if config.optimizer == "momentum" else 0.0
-        optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                    momentum=momentum, nesterov=config.nesterov)
+    optimizer = torch_optimizer(net, config)
     schedule = schedule_from_config(config)  # xpcnn's own rates, step by step (no plateau here)
     loss_fn, seconds, rng = torch.nn.CrossEntropyLoss(), [], np.random.default_rng(0)
     labels = torch.from_numpy(train.labels.astype(np.int64)).to(device)

@@ -1,7 +1,6 @@
-"""The helper scripts run and report what they claim (small settings)."""
+"""The helper scripts run and report what they claim (small settings; bench.py: test_bench.py)."""
 
 import importlib.util
-import json
 import os
 
 import pytest
@@ -22,70 +21,6 @@ def test_errata_shows_the_article_code_departures(capsys):
     assert rows["xpcnn Conv2D.backward"] < 1e-6
     for name in ["batch-mean", "resize", "normalised (no derivative)"]:
         assert rows[name] > 0.1
-
-
-def test_bench_smoke(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert load("bench").main(["--workload", "article", "--repeats", "1", "--naive-subset", "1",
-                               "--backends", "numpy,array_api_strict:CPU_DEVICE", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
-    rows = {row["spec"]: row for row in report["results"][0]["rows"]}
-    assert {"numpy", "array_api_strict:CPU_DEVICE", "naive"} <= set(rows)
-    assert rows["numpy"]["speed_vs_naive"] > 1
-    assert "xpcnn/naive" in capsys.readouterr().out
-
-
-def test_bench_times_pytorch_held_to_fewer_threads(tmp_path, capsys):
-    pytest.importorskip("torch")
-    out = tmp_path / "bench.json"
-    assert load("bench").main(["--workload", "article", "--repeats", "1", "--naive-subset", "1", "--backends", "numpy",
-                               "--threads", "1", "--chunk", "0", "--torch-threads", "1", "--out", str(out)]) == 0
-    rows = {row["spec"]: row for row in json.loads(out.read_text())["results"][0]["rows"]}
-    assert {"torch-native:cpu", "torch-native:cpu, 1 thread"} <= set(rows)
-    held = rows["torch-native:cpu, 1 thread"]["epoch_s"]
-    assert rows["numpy"]["speed_vs_pytorch_threads"] == {"1 thread": pytest.approx(held / rows["numpy"]["epoch_s"])}
-    assert "xpcnn numpy" in capsys.readouterr().out.split("vs pytorch nn cpu, 1 thread:")[0].splitlines()[-1]
-
-
-@pytest.mark.parametrize("value", ["0", "two", "1,-3"])
-def test_bench_rejects_bad_torch_thread_counts(value, capsys):
-    with pytest.raises(SystemExit) as info:
-        load("bench").main(["--torch-threads", value])
-    assert info.value.code == 2
-    assert "--torch-threads" in capsys.readouterr().err
-
-
-def test_bench_rejects_bad_flags(capsys):
-    with pytest.raises(SystemExit) as info:
-        load("bench").main(["--repeats", "0"])
-    assert info.value.code == 2
-
-
-def test_bench_checks_its_output_folder_before_timing(tmp_path, capsys):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
-    with pytest.raises(SystemExit) as info:
-        load("bench").main(["--workload", "article", "--out", str(blocker / "bench.json")])
-    assert info.value.code == 2
-    out, err = capsys.readouterr()
-    assert "--out" in err and "is not a folder" in err
-    assert "workload article" not in out  # nothing was timed
-
-
-def test_bench_rejects_a_folder_as_its_output_file(tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        load("bench").main(["--workload", "article", "--out", str(tmp_path)])
-    assert info.value.code == 2
-    out, err = capsys.readouterr()
-    assert "--out" in err and "is a folder" in err and "bench.json" in err
-    assert "workload article" not in out  # nothing was timed
-
-
-def test_bench_creates_a_missing_output_folder(tmp_path):
-    out = tmp_path / "new" / "bench.json"
-    assert load("bench").main(["--workload", "article", "--repeats", "1", "--naive-subset", "1",
-                               "--backends", "numpy", "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["results"]
 
 
 def test_hand_tuned_baseline_computes_what_xpcnn_computes(capsys):
