@@ -3,8 +3,10 @@
 differ only by rounding: NumPy against NumPy with one-ulp changes to the initial filters.
 
 Every backend rounds a little differently (it sums in another order).  This script shows the
-spread that such differences alone produce, on one backend, so that a float32 parity report
-(``scripts/train.py --compare A,B --dtype float32``) can be read against it (docs/parity.md).
+spread that such differences alone produce, on one backend, which is why a free-running
+float32 comparison of two backends says nothing about them, and why ``scripts/train.py --compare
+A,B --dtype float32`` runs in lockstep instead: every step from the same state, each layer's result
+judged against rounding (docs/parity.md).
 
   python scripts/float32_chaos.py --perturbations 8
 """
@@ -22,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from xpcnn import data, resolve, to_numpy  # noqa: E402
 from xpcnn.training import PRESETS, Trainer, build_model  # noqa: E402
+from xpcnn.training.executors import WholeBatchStep  # noqa: E402
 
 
 def train(config, train_split, nudge_seed: int | None) -> dict:
@@ -31,7 +34,7 @@ def train(config, train_split, nudge_seed: int | None) -> dict:
         weight = np.asarray(dict(model.named_parameters())["0.weight"], np.float32)
         up = np.random.default_rng(nudge_seed).random(weight.shape) < 0.5
         model.set_parameter("0.weight", np.nextafter(weight, np.where(up, np.inf, -np.inf).astype(np.float32)))
-    trainer = Trainer(config, resolve("numpy"), model=model)
+    trainer = Trainer(config, resolve("numpy"), model=model, executor=WholeBatchStep())  # the plain step
     trainer.fit(train_split)
     return {name: to_numpy(value) for name, value in trainer.model.named_parameters()}
 

@@ -18,8 +18,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from xpcnn.backends import BACKENDS, Backend, BackendError, resolve, split_spec
-from xpcnn.data import Split
+from xpcnn.data import Dataset, Split
 from xpcnn.io.files import write_json
+from xpcnn.tools.lockstep import (
+    DEFAULT_THRESHOLD,
+    TargetError,
+    format_lockstep,
+    lockstep,
+    make_target_executor,
+    parse_target,
+)
 from xpcnn.training import Config, Extension, ProgressBar, StepExecutor, Trainer, build_model
 from xpcnn.training.run import (
     RunOptions,
@@ -60,16 +68,19 @@ def compare(specs: list[str], config: Config, train: Split, rtol: float | None =
         tolerance["rtol"] = rtol
     if atol is not None:
         tolerance["atol"] = atol
-    backends = [resolve(*split_spec(spec)) for spec in specs]  # fail fast, before any training
+    targets = [parse_target(spec) for spec in specs]
+    backends = [resolve(*split_spec(target.backend)) for target in targets]  # fail fast, before any training
     runs = []
-    for spec, backend in zip(specs, backends):
+    for spec, target, backend in zip(specs, targets, backends):
         if on_backend:
             on_backend(spec)
-        with Trainer(config, backend, build_model(config), extensions=extensions,
-                     executor=executor(backend) if executor else None) as trainer:
+        chosen = (make_target_executor(target, backend) if target.executor else
+                  executor(backend) if executor else None)
+        with Trainer(config, backend, build_model(config), extensions=extensions, executor=chosen) as trainer:
             started = time.perf_counter()
             trainer.fit(train)
-            runs.append({"backend": backend.label, "seconds": time.perf_counter() - started,
+            label = backend.label + (spec[spec.index("@"):] if target.executor else "")
+            runs.append({"backend": label, "seconds": time.perf_counter() - started,
                          "epoch_losses": [h["loss"] for h in trainer.state.history],
                          "step_losses": trainer.state.step_losses, "state": trainer.model.state_dict()})
     return _report(runs, config, tolerance)
@@ -86,7 +97,10 @@ def compare_run(options: RunOptions) -> dict:
     if len(specs) < 2:
         raise UsageError("--compare", f"--compare needs at least two backends, got {options.compare!r}")
     for spec in specs:
-        name, device = split_spec(spec)
+        try:
+            name, device = split_spec(parse_target(spec).backend)
+        except TargetError as exc:
+            raise UsageError("--compare", f"--compare: {exc}") from None
         if name not in BACKENDS:
             raise UsageError("--compare", f"--compare: unknown backend {name!r} in {spec!r}; choose from "
                                           f"{', '.join(BACKENDS)}")
@@ -94,11 +108,19 @@ def compare_run(options: RunOptions) -> dict:
             resolve(name, device)
         except BackendError as exc:
             raise Unavailable("--compare", f"--compare {spec}: {exc}") from None
+    if options.threshold is not None and not options.threshold > 0:
+        raise UsageError("--threshold", f"--threshold must be a number > 0, got {options.threshold!r}")
     options = dataclasses.replace(options, settings={"epochs": COMPARE_EPOCHS, "dtype": COMPARE_DTYPE,
                                                      **options.settings})
     config = run_config(options)
     dataset = load_data(options.data, "--data", options.layout, options.classes)
     config, _ = fit_to_data(options, config, dataset)
+    tolerances = options.rtol is not None or options.atol is not None
+    if options.lockstep and tolerances:
+        raise UsageError("--lockstep", "--lockstep judges differences by rounding (--threshold); --rtol/--atol are "
+                                       "the tolerances of a whole-run comparison (--no-lockstep)")
+    if options.lockstep or (options.lockstep is None and config.dtype == "float32" and not tolerances):
+        return _lockstep_run(options, specs, config, dataset)
     print(f"parity: {', '.join(specs)}; preset {config.preset}, {config.dtype}, {config.epochs} epoch(s), "
           f"{training_count(config, dataset)} training images ({dataset.source})", flush=True)
     report = compare(specs, config, dataset.train, rtol=options.rtol, atol=options.atol,
@@ -111,6 +133,28 @@ def compare_run(options: RunOptions) -> dict:
         from xpcnn.tools.plots import plot_parity
 
         plot_parity(report, os.path.join(options.out, "parity.png"))
+    print(f"wrote {os.path.join(options.out, 'parity.json')}")
+    return report
+
+
+def _lockstep_run(options: RunOptions, specs: list[str], config: Config, dataset: Dataset) -> dict:
+    """:func:`compare_run` in lockstep (:mod:`xpcnn.tools.lockstep`): prints, writes parity.json
+    (and the heat map, parity.png, with ``plot``), returns the report."""
+    if parse_target(specs[0]).executor:
+        raise UsageError("--compare", f"--compare --lockstep: the first target is the reference and runs eagerly; "
+                                      f"put {specs[0]!r} after it")
+    print(f"parity (lockstep): {', '.join(specs)}; preset {config.preset}, {config.dtype}, {config.epochs} epoch(s), "
+          f"{training_count(config, dataset)} training images ({dataset.source})", flush=True)
+    report = lockstep(specs, config, dataset.train,
+                      threshold=options.threshold if options.threshold is not None else DEFAULT_THRESHOLD,
+                      on_target=lambda spec: print(f"  preparing {spec} ...", flush=True),
+                      extensions=[] if options.quiet else [ProgressBar()])
+    print(format_lockstep(report))
+    write_json(os.path.join(options.out, "parity.json"), report)
+    if options.plot:
+        from xpcnn.tools.plots import plot_lockstep
+
+        plot_lockstep(report, os.path.join(options.out, "parity.png"))
     print(f"wrote {os.path.join(options.out, 'parity.json')}")
     return report
 

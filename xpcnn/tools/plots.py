@@ -105,3 +105,35 @@ def plot_parity(report: dict, path: str) -> str:
     top.legend()
     bottom.legend()
     return _save(fig, path)
+
+
+def plot_lockstep(report: dict, path: str) -> str:
+    """Lockstep parity's heat map: for each target, step x layer, the ratio of its difference to the
+    reference's own rounding (log colour scale; blank where a layer has nothing to compare, a red
+    cross at the first failure)."""
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    comparisons = report["comparisons"]
+    fig, axes = plt.subplots(len(comparisons), 1, figsize=(9, 2.2 + 1.8 * len(comparisons)), squeeze=False,
+                             layout="constrained")
+    top = max([report["threshold"] * 10] + [c["max_ratio"] for c in comparisons if np.isfinite(c["max_ratio"])])
+    norm = LogNorm(vmin=1e-2, vmax=top)
+    image = None
+    for ax, comparison in zip(axes[:, 0], comparisons):
+        heat = np.array([[np.nan if v is None else v for v in row] for row in comparison["heat"]], dtype=np.float64)
+        heat = np.where(np.isinf(heat), top, heat)
+        extent = (0.5, len(heat) + 0.5, len(report["layers"]) - 0.5, -0.5)  # steps counted from 1
+        image = ax.imshow(np.maximum(heat.T, 1e-2), aspect="auto", norm=norm, cmap="viridis", interpolation="nearest",
+                          extent=extent)
+        ax.set_yticks(range(len(report["layers"])), report["layers"], fontsize=7)
+        result = "PASS" if comparison["pass"] else "FAIL"
+        ax.set_title(f"{comparison['target']} vs {comparison['against']}: {result}", fontsize=9)
+        first = comparison["first_failure"]
+        if first is not None and first["layer"] is not None:
+            ax.plot(first["step"], first["layer"], "rx", markersize=9)
+    axes[-1, 0].set_xlabel("step")
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes[:, 0].tolist())
+        bar.set_label(f"|difference| / reference's rounding (fail > {report['threshold']:g})")
+    return _save(fig, path)
