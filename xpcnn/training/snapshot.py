@@ -10,6 +10,7 @@ failure is a :class:`~xpcnn.io.checkpoint.CheckpointError` naming the file and t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -50,12 +51,48 @@ class Snapshot:
     train_size: int | None
     normalization: dict | None = None
     class_names: list | None = None
+    data_source: str | None = None  # the --data the run trained on (absent from older checkpoints)
+
+    def network(self) -> Sequential:
+        """The checkpoint's network with its parameters (host NumPy, the run's dtype): built from
+        the stored layer records, which :func:`read` checked against the config and the arrays."""
+        model = Sequential.from_config(self.architecture).to("numpy", dtype=self.config.dtype)
+        model.load_state_dict(self.model_state)
+        return model
+
+
+MAX_DATA_SOURCE = 4096  # characters of a stored --data
+
+
+def compact_architecture(model: Sequential) -> str:
+    """A network's layer records as compact JSON: what ``Config.model`` takes (a JSON architecture)."""
+    return json.dumps(model.config(), separators=(",", ":"))
+
+
+_STORED: dict[str, Config] = {}  # run_config's answers (a preset network is built once per config and network)
+
+
+def run_config(config: Config, model: Sequential) -> Config:
+    """The Config a checkpoint stores for ``model`` trained under ``config``: ``config`` itself when
+    ``model`` is the network it describes (a preset's, a ``model`` spec's), else ``config`` with
+    ``model`` set to the network's layer records (a network built in Python), so that the checkpoint
+    rebuilds this network wherever it is read: resume, predict, evaluate, export."""
+    records = compact_architecture(model)
+    key = repr(sorted(config.__dict__.items())) + records
+    if key not in _STORED:
+        try:
+            same = json.loads(json.dumps(build_model(config).config())) == json.loads(records)
+        except (TypeError, ValueError, KeyError, RecursionError):  # the config's own network does not build
+            same = False
+        _STORED.clear()  # one entry: a run saves under one config
+        _STORED[key] = config if same else dataclasses.replace(config, model=records)
+    return _STORED[key]
 
 
 def meta_record(trainer: Trainer) -> dict:
     state = trainer.state
     return {
-        "config": trainer.config.__dict__.copy(),
+        "config": run_config(trainer.config, trainer.model).__dict__.copy(),
         "architecture": trainer.model.config(),
         "dtype": trainer.config.dtype,
         "backend": trainer.backend.label,
@@ -69,6 +106,7 @@ def meta_record(trainer: Trainer) -> dict:
         "train_size": state.train_size,
         "normalization": state.normalization,
         "class_names": trainer.class_names,
+        "data_source": trainer.data_source,
     }
 
 
@@ -149,10 +187,19 @@ def read(path: str | os.PathLike) -> Snapshot:
     if not isinstance(f.get("backend"), str):
         f.fail("backend", f"must be a backend label, got {short_repr(meta['backend'])}")
     architecture = f.get("architecture")
-    expected = json.loads(json.dumps(build_model(config).config()))  # tuples -> lists, as stored
+    # The config's network is rebuilt under the checks a user's --model or --preset goes through
+    # (the digest tells accidents, not edits): a spec, records or preset that does not build or does
+    # not fit the images is this field's fault, never a traceback.
+    source = "config.model" if config.model is not None else "config.preset"
+    try:
+        expected = json.loads(json.dumps(build_model(config).config()))  # tuples -> lists, as stored
+    except (TypeError, ValueError, KeyError, RecursionError, OverflowError, MemoryError) as exc:
+        f.fail(source, f"does not build a network for {config.image_shape} images and {config.outputs} "
+                       f"output(s) ({exc if isinstance(exc, ValueError) else type(exc).__name__})")
     if architecture != expected:
-        f.fail("architecture", f"{layer_names(architecture)} is not preset {config.preset!r}'s network for task "
-                               f"{config.task!r} ({layer_names(expected)})")
+        what = "the config's model" if config.model is not None else f"preset {config.preset!r}'s network"
+        f.fail("architecture", f"{layer_names(architecture)} is not {what} for task {config.task!r} "
+                               f"({layer_names(expected)})")
     model = Sequential.from_config(architecture).to("numpy", dtype=dtype)
     try:
         model.load_state_dict(model_state)
@@ -254,8 +301,14 @@ def read(path: str | os.PathLike) -> Snapshot:
                                     or not all(isinstance(name, str) and len(name) <= MAX_CLASS_NAME
                                                for name in class_names)):
         f.fail("class_names", f"must be null or {config.classes} names (strings), got {short_repr(class_names)}")
+    data_source = meta.get("data_source")  # absent before runs remembered their data: unknown
+    if data_source is not None and (not isinstance(data_source, str) or not data_source
+                                    or len(data_source) > MAX_DATA_SOURCE or "\0" in data_source):
+        f.fail("data_source", f"must be null or the --data the run trained on (a string of at most "
+                              f"{MAX_DATA_SOURCE} characters), got {short_repr(data_source)}")
     return Snapshot(config, architecture, model_state, optimizer_state, epoch, step_in_epoch, global_step,
-                    rng_state, epoch_rng_state, history, step_losses, train_size, normalization, class_names)
+                    rng_state, epoch_rng_state, history, step_losses, train_size, normalization, class_names,
+                    data_source)
 
 
 def layer_names(architecture: object) -> str:
