@@ -73,14 +73,14 @@ def test_a_step_executor(registries):
     import dataclasses
 
     from xpcnn import data, resolve
-    from xpcnn.training import PRESETS, Trainer
+    from xpcnn.training import PRESETS, Trainer, WholeBatchStep
 
     namespace = _run("A step executor")
     clipped = namespace["trainer"].state.step_losses
     config = dataclasses.replace(PRESETS["default"], epochs=1, batch_size=50)
     train = data.load_embedded().train.take(150)
     losses = {}
-    for name, executor in (("plain", None), ("unbounded", namespace["ClippedStep"](max_norm=1e30))):
+    for name, executor in (("plain", WholeBatchStep()), ("unbounded", namespace["ClippedStep"](max_norm=1e30))):
         with Trainer(config, resolve("numpy"), executor=executor) as trainer:
             trainer.fit(train)
         losses[name] = trainer.state.step_losses

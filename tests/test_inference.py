@@ -53,7 +53,7 @@ def test_cli_classifies_images_and_arrays_and_reports_bad_inputs(colour_run, tmp
     assert [line.split(":")[0] for line in lines] == [f"{inputs[0]}[{i}]" for i in range(4)] + [inputs[2]]
     assert [int(line.split("class ")[1].split(",")[0]) for line in lines] == [*expected[:4], expected[5]]
     assert len(err.splitlines()) == 3 and "Traceback" not in err
-    assert "small.png: error: image of shape (3, 5, 5), the network takes (3, 9, 11)" in err
+    assert "small.png: error: image of 5x5 pixels, RGB; the network takes 11x9 pixels, RGB (no resizing" in err
     assert "broken.png: error: not a readable image" in err and "missing.npy: error: " in err
     assert console(["predict", str(path), inputs[2], "--json", "--backend", "array_api_strict"]) == 0
     (record,) = json.loads(capsys.readouterr().out)

@@ -107,7 +107,8 @@ def test_gpu_without_gpu_is_one_line(capsys, tmp_path):
 def test_corrupt_data_file_exit_2(capsys, tmp_path):
     bad = tmp_path / "mnist.npz"
     bad.write_bytes(b"not a zip")
-    assert "not a readable .npz file" in usage_error(capsys, "--data", str(bad), "--out", str(tmp_path / "o"))
+    assert "not an .npz archive (a .npz is a zip file" in usage_error(capsys, "--data", str(bad), "--out",
+                                                                      str(tmp_path / "o"))
 
 
 def test_full_run_writes_metrics_checkpoint_and_plots(capsys, tmp_path, tiny_npz):
@@ -150,7 +151,7 @@ def test_compare_defaults_to_one_epoch_in_float64(capsys, tmp_path, tiny_npz):
     assert report["dtype"] == "float64" and report["rtol"] == 1e-8
 
 
-@pytest.mark.parametrize("flags,shown", [(["--threads", "2"], "2 threads per batch"),
+@pytest.mark.parametrize("flags,shown", [(["--threads", "2"], "pieces of at most 32 images, 2 threads"),
                                          (["--chunk", "7"], "pieces of at most 7 images"),
                                          (["--threads", "2", "--chunk", "5"], "pieces of at most 5 images")])
 def test_threads_and_chunks_train_the_same_run(capsys, tmp_path, tiny_npz, flags, shown):
@@ -169,10 +170,14 @@ def test_divergence_exit_3_keeps_last_checkpoint(capsys, tmp_path, tiny_npz):
     assert main(["--data", tiny_npz, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
     before = (out / "checkpoint.npz").read_bytes()
     with np.errstate(all="ignore"):
-        code = main(["--data", tiny_npz, "--epochs", "2", "--lr", "1e30", "--optimizer", "sgd", "--out", str(out),
-                     "--quiet"])
+        code = main(["--data", tiny_npz, "--epochs", "2", "--lr", "1e30", "--optimizer", "sgd", "--out",
+                     str(tmp_path / "diverging"), "--quiet"])
     assert code == 3
     assert "training diverged: loss became" in capsys.readouterr().err
+    assert not (tmp_path / "diverging" / "checkpoint.npz").exists()  # no good epoch: nothing to keep
+    # another run never replaces a run's checkpoint
+    line = usage_error(capsys, "--data", tiny_npz, "--lr", "1e30", "--out", str(out))
+    assert "holds another run's checkpoint" in line
     assert (out / "checkpoint.npz").read_bytes() == before
 
 
@@ -260,7 +265,7 @@ def test_jax_compiles_by_default_and_no_compile_runs_eagerly(capsys, tmp_path, t
     pytest.importorskip("jax")
     for flags, shown in (([], True), (["--no-compile"], False)):
         assert main(["--backend", "jax", "--data", tiny_npz, "--epochs", "1", "--batch-size", "100", *flags,
-                     "--out", str(tmp_path), "--quiet"]) == 0
+                     "--out", str(tmp_path / str(shown)), "--quiet"]) == 0
         assert ("steps compiled by jax.jit" in capsys.readouterr().out) is shown
 
 
@@ -388,14 +393,16 @@ def test_a_scheduled_run_resumes_bitwise_and_keeps_its_schedule(capsys, tmp_path
     common = ["--data", tiny_npz, "--batch-size", "50", "--schedule", "step", "--step-size", "1", "--lr-decay", "0.5",
               "--warmup", "1", "--quiet"]
     assert main([*common, "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
-    assert "batch 50, momentum lr 0.05 (x0.5 every 1 epoch, warmup 1)\n" in capsys.readouterr().out
+    assert "batch 50, momentum lr 0.05 (x0.5 every 1 epoch, warmup 1), no augmentation" in capsys.readouterr().out
     assert main([*common, "--epochs", "2", "--out", str(tmp_path / "b")]) == 0
     checkpoint = str(tmp_path / "b" / "checkpoint.npz")
     assert "--schedule (step in the checkpoint)" in usage_error(
         capsys, "--resume", checkpoint, "--schedule", "cosine", "--out", str(tmp_path / "b"))
     assert main(["--resume", checkpoint, "--data", tiny_npz, "--epochs", "3", "--out", str(tmp_path / "b"),
                  "--quiet"]) == 0
-    assert "(x0.5 every 1 epoch, warmup 1); resuming at epoch 3" in capsys.readouterr().out
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "(x0.5 every 1 epoch, warmup 1), no augmentation" in first
+    assert first.endswith("; resuming at epoch 3, step 0")
     a, b = np.load(tmp_path / "a" / "checkpoint.npz"), np.load(tmp_path / "b" / "checkpoint.npz")
     for key in a.files:
         if key.startswith(("param/", "optim/")):
@@ -413,8 +420,8 @@ def test_nesterov_from_the_cli_trains_as_a_hand_built_trainer(capsys, tmp_path, 
     from xpcnn.training import PRESETS, Trainer
 
     assert main(["--data", tiny_npz, "--nesterov", "--momentum", "0.8", "--schedule", "cosine", "--epochs", "1",
-                 "--batch-size", "40", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
-    assert "batch 40, nesterov momentum lr 0.05 (cosine)\n" in capsys.readouterr().out
+                 "--batch-size", "40", "--shift", "2", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    assert "batch 40, nesterov momentum lr 0.05 (cosine), shifts of up to 2 pixels" in capsys.readouterr().out
     loaded = data.load(tiny_npz)
     config = dataclasses.replace(PRESETS["default"], nesterov=True, momentum=0.8, schedule="cosine", epochs=1,
                                  batch_size=40)

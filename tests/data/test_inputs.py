@@ -27,7 +27,8 @@ def test_a_grey_image_file_becomes_rgb_and_back(tmp_path):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda p: np.save(p / "a.npy", np.zeros((2, 6, 6), np.uint8)), "image of shape (1, 6, 6), the network takes"),
+    (lambda p: np.save(p / "a.npy", np.zeros((2, 6, 6), np.uint8)),
+     "images of shape (1, 6, 6) (C, H, W), the network takes"),
     (lambda p: np.savez(p / "a.npz", y=np.zeros(3)), "no 'images', 'x_test' or 'x_train' array (has y)"),
     (lambda p: (p / "a.npy").write_bytes(b"not numpy"), "not a readable array file"),
 ])
@@ -37,3 +38,18 @@ def test_bad_input_files_are_one_data_error(tmp_path, make, message):
     with pytest.raises(DataError) as info:
         read_images(path, (1, 5, 5))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_alpha_channel_is_dropped_and_a_wrong_size_named_in_the_files_terms(tmp_path):
+    image = pytest.importorskip("PIL.Image")
+    rgba = np.random.default_rng(3).integers(0, 256, (4, 5, 4), dtype=np.uint8)
+    image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    _, batch = read_images(str(tmp_path / "a.png"), (3, 4, 5))
+    np.testing.assert_array_equal(batch[0], rgba[:, :, :3].transpose(2, 0, 1))
+    _, grey = read_images(str(tmp_path / "a.png"), (1, 4, 5))  # RGBA -> RGB -> luma
+    luma = rgba[:, :, :3] @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_array_equal(grey[0, 0], np.rint(luma).astype(np.uint8))
+    image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "g.png")
+    with pytest.raises(DataError, match=r"g.png: image of 6x6 pixels, grey \(L\); the network takes 5x4 pixels, "
+                                        r"grey \(L\) \(no resizing"):
+        read_images(str(tmp_path / "g.png"), (1, 4, 5))

@@ -275,7 +275,7 @@ def test_the_library_run_takes_the_schedule_settings(tmp_path):
                                    "optimizer": "sgd"}, out=str(tmp_path), quiet=True)
     run = prepare_run(options)
     with start_trainer(run) as trainer:
-        assert "sgd lr 0.1 (cosine, warmup 2); " in header(run, trainer) + "; "
+        assert "sgd lr 0.1 (cosine, warmup 2)," in header(run, trainer)
         assert isinstance(trainer.schedule, CosineAnnealing) and trainer.schedule.warmup == 2
     default_run = prepare_run(RunOptions(settings={"epochs": 1}, out=str(tmp_path)))
     with start_trainer(default_run) as trainer:

@@ -33,7 +33,13 @@ Input layouts (IDX and ``.npz`` arrays):
   below it); either way K >= 2.
 
 A dataset without a validation split of its own validates on the last 10% of its training images
-(at most 5,000).  Every problem is a :class:`DataError` whose message is one line naming the file.
+(at most 5,000).  Every problem is a :class:`DataError` whose message is one line naming the file;
+a file that is not a regular one (a FIFO, a device) is refused before it is opened, and an IDX
+file is read into its array as it is decompressed (1x its declared size).
+
+A run checks the dataset as a whole too (:func:`float_range_problem`: float pixels that look like
+0-255; :func:`layout_problem`: a layout that gives 1, 3 or 4 channels only the other way;
+:func:`label_warnings`: classes without training images), one line each.
 """
 
 from xpcnn.data.batches import batch_indices, targets_to_batch, to_batch
@@ -48,6 +54,10 @@ from xpcnn.data.dataset import (
     check_classes,
     content_sha256,
     finish_dataset,
+    float_range_problem,
+    label_warnings,
+    layout_problem,
+    other_layout,
     resolve_layout,
     shape_text,
     validate,
@@ -65,7 +75,8 @@ from xpcnn.data.transforms import channel_stats, check_normalize, random_shift, 
 __all__ = [
     "batch_indices", "targets_to_batch", "to_batch",
     "LAYOUTS", "MAX_CLASS_NAME", "MAX_INFERRED_CLASSES", "VALIDATION_HOLDOUT", "Dataset", "DataError", "Split",
-    "check_classes", "content_sha256", "finish_dataset", "resolve_layout", "shape_text", "validate",
+    "check_classes", "content_sha256", "finish_dataset", "float_range_problem", "label_warnings",
+    "layout_problem", "other_layout", "resolve_layout", "shape_text", "validate",
     "CIFAR10_ARCHIVE", "DOWNLOAD_SHA256", "DOWNLOADS", "FASHION_MNIST_SHA256", "cache_dir", "download",
     "Reader", "ReadOptions", "load", "reader_for", "register",
     "CIFAR10_CLASSES", "load_cifar10_binary", "EMBEDDED_PATH", "EMBEDDED_SHA256", "EMBEDDED_TRAIN", "load_embedded",

@@ -13,6 +13,8 @@ holdout).  Every problem is a :class:`DataError` whose message is one line namin
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,16 +35,17 @@ class DataError(ValueError):
 class Split:
     images: np.ndarray  # (N, C, H, W) uint8 (0-255) or float32 (as given)
     labels: np.ndarray  # (N,) int64, 0..K-1
+    layout: str | None = None  # how 4-D arrays were read ('nchw', 'nhwc'); None: 3-D (one channel), or not known
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, count: int) -> Split:
-        return Split(self.images[:count], self.labels[:count])
+        return Split(self.images[:count], self.labels[:count], self.layout)
 
     def split_at(self, count: int) -> tuple[Split, Split]:
         """The first ``count`` images and the rest."""
-        return self.take(count), Split(self.images[count:], self.labels[count:])
+        return self.take(count), Split(self.images[count:], self.labels[count:], self.layout)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Dataset:
     classes: int = 0  # 0 (or None): inferred from the labels
     image_shape: tuple = ()  # () (or None): from the images
     class_names: tuple | None = None
+    layout: str | None = None  # how 4-D image arrays were read ('nchw', 'nhwc'); None: 3-D or not known
 
     def __post_init__(self) -> None:
         splits = [s for s in (self.train, self.validation, self.test) if s is not None]
@@ -76,6 +80,18 @@ def content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
 def shape_text(shape: Sequence[int]) -> str:
     """(3, 32, 32) -> '3x32x32'."""
     return "x".join(str(int(d)) for d in shape)
+
+
+def regular_file(path: str) -> int:
+    """The size of ``path`` in bytes, or a one-line DataError when it is missing or not a regular
+    file (a FIFO or a device would block or never end): checked before the file is opened."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: not a regular file")
+    return info.st_size
 
 
 # -- validation ---------------------------------------------------------------
@@ -150,11 +166,12 @@ def validate(images: ArrayLike, labels: ArrayLike, where: str, layout: str = "au
     elif labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         first = int(np.argmax(labels < 0))
         raise DataError(f"{where}: label {int(labels[first])} at index {first} is negative (labels are 0..K-1)")
+    read_as = None if images.ndim == 3 else "nhwc" if channels_last else "nchw"
     if images.ndim == 3:
         images = images[:, None]
     elif channels_last:
         images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-    return Split(images, labels.astype(np.int64))
+    return Split(images, labels.astype(np.int64), read_as)
 
 
 # -- one Dataset from a reader's splits -----------------------------------------------------------
@@ -167,8 +184,9 @@ def finish_dataset(parts: list, source: str, classes: int | None, class_names: S
     splits = {role: (split, where) for role, split, where in parts
               if split is not None and (role == "train" or len(split))}  # an empty test split is none
     shaped = [(split, where) for split, where in splits.values()]
-    if not shaped:
-        raise DataError(f"{source}: no images")
+    if not shaped or not any(len(split) for split, _ in shaped):
+        names = " and ".join(role for role, split, _ in parts if split is not None) or "no split"
+        raise DataError(f"{source}: no images ({names}: empty)")
     first, first_where = shaped[0]
     shape = tuple(int(d) for d in first.images.shape[1:])
     for split, where in shaped[1:]:
@@ -185,7 +203,7 @@ def finish_dataset(parts: list, source: str, classes: int | None, class_names: S
             raise DataError(f"{where}: label {top} implies {top + 1} classes; "
                             f"pass classes= explicitly if that is meant")
         if top < 1:
-            raise DataError(f"{source}: every label is {max(top, 0)}: a classifier needs at least 2 classes "
+            raise DataError(f"{source}: every label is 0, one class: a classifier needs at least 2 "
                             f"(labels 0..K-1, K >= 2)")
         classes = top + 1
     else:
@@ -208,4 +226,61 @@ def finish_dataset(parts: list, source: str, classes: int | None, class_names: S
         cut = len(train) - min(VALIDATION_HOLDOUT, len(train) // 10)
         train, validation = train.split_at(cut)
     return Dataset(train, validation, test, source, int(classes), shape,
-                   tuple(class_names) if class_names is not None else None)
+                   tuple(class_names) if class_names is not None else None, first.layout)
+
+
+# -- the checks of a dataset as a whole, for a run: one line each --------------------------------
+
+FLOAT_PIXEL_LIMIT = 2.0  # float pixels above this, none below 0: most likely 0-255 (or 0-16) values
+
+
+def float_range_problem(dataset: Dataset) -> str | None:
+    """Float images are used as given (uint8 ones are scaled by 1/255): the line saying so when the
+    training images look like unscaled pixels (none negative, some above :data:`FLOAT_PIXEL_LIMIT`),
+    with the fixes; None otherwise."""
+    images = dataset.train.images
+    if images.dtype.kind != "f" or not images.size:
+        return None
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high <= FLOAT_PIXEL_LIMIT:
+        return None
+    scale = 255 if high > 16 else 16 if high > 15 else high
+    return (f"{dataset.source}: float pixels span {low:g}-{high:g}, and float images are used as given (uint8 "
+            f"ones are scaled to [0, 1]): divide them by {scale:g}, store them as uint8 0-255, or add --normalize")
+
+
+def label_warnings(dataset: Dataset) -> list[str]:
+    """Lines naming the classes no training image has (labels that skip 0 are likely 1-based)."""
+    if not len(dataset.train):
+        return []
+    counts = np.bincount(dataset.train.labels, minlength=dataset.classes)
+    empty = [int(k) for k in np.flatnonzero(counts == 0)]
+    if not empty:
+        return []
+    shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+    hint = (": the labels look 1-based; xpcnn's run 0..K-1 (subtract 1)" if empty[0] == 0 and len(empty) == 1
+            and dataset.class_names is None else "")
+    return [f"warning: {dataset.source}: {len(empty)} of {dataset.classes} classes have no training images "
+            f"(class{'es' if len(empty) > 1 else ''} {shown}){hint}"]
+
+
+def other_layout(dataset: Dataset) -> tuple[str, tuple] | None:
+    """The layout the 4-D image arrays were not read in, and the image shape (C, H, W) it would give;
+    None for 3-D arrays or a source that does not say."""
+    c, h, w = dataset.image_shape
+    if dataset.layout == "nchw":  # the arrays were (N, c, h, w); as channels-last: (N, H=c, W=h, C=w)
+        return "nhwc", (w, c, h)
+    if dataset.layout == "nhwc":  # the arrays were (N, h, w, c); as channels-first: (N, C=h, H=w, W=c)
+        return "nchw", (h, w, c)
+    return None
+
+
+def layout_problem(dataset: Dataset) -> str | None:
+    """The line for images whose layout is most likely wrong: channels other than 1, 3 or 4 where
+    the other layout gives 1, 3 or 4 (``--layout auto`` never picks that; an explicit one may)."""
+    other = other_layout(dataset)
+    if other is None or dataset.image_shape[0] in (1, 3, 4) or other[1][0] not in (1, 3, 4):
+        return None
+    return (f"{dataset.source}: read as {dataset.layout}, the images have {dataset.image_shape[0]} channels of "
+            f"{dataset.image_shape[1]}x{dataset.image_shape[2]} pixels; --layout {other[0]} reads them as "
+            f"{shape_text(other[1])} (channels x height x width)")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from xpcnn.backends import Backend, resolve, transfer
 from xpcnn.io.checkpoint import short_repr
+from xpcnn.nn.validate import count_text, shape_values
 
 if TYPE_CHECKING:
     from xpcnn.nn.spec import SpecContext
@@ -232,8 +233,16 @@ def layer_arguments(record: dict, **defaults: Any) -> dict:
 def build_layer(record: dict, **defaults: Any) -> Layer:
     """The layer a record describes (``Sequential.config()`` writes them; JSON lists stand for
     tuples), with ``defaults`` as :func:`layer_arguments` takes them.  Raises
-    :class:`UnknownLayerError`, or the constructor's TypeError / ValueError."""
-    return layer_class(record)(**layer_arguments(record, **defaults))
+    :class:`UnknownLayerError`, or the constructor's TypeError / ValueError; a ValueError, before
+    anything is allocated, for a parameter or buffer over :data:`~xpcnn.nn.validate.MAX_ARRAY_VALUES`
+    values."""
+    if not isinstance(record, dict):
+        raise TypeError(f"a layer record must be an object ({{\"type\": ...}}), got {short_repr(record)}")
+    cls = layer_class(record)
+    arguments = layer_arguments(record, **defaults)
+    for name, shape in cls.state_shapes(arguments).items():
+        shape_values(shape, cls.__name__, f"its {name} of shape {'x'.join(count_text(int(d)) for d in shape)}")
+    return cls(**arguments)
 
 
 def state_shapes(record: dict) -> dict[str, tuple[int, ...]]:

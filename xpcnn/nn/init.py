@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from xpcnn.nn.validate import count_text, shape_values
+
 INITIALISERS = ("uniform", "glorot", "he")
 
 
@@ -18,7 +20,11 @@ def make_weight(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, f
     * ``uniform`` - U[0, 1), as in the source article;
     * ``glorot``  - U[-a, a) with a = sqrt(6 / (fan_in + fan_out));
     * ``he``      - N(0, 2 / fan_in).
+
+    Raises a ValueError before allocating when ``shape`` holds more values than
+    :data:`~xpcnn.nn.validate.MAX_ARRAY_VALUES`.
     """
+    shape_values(shape, "", f"a weight of shape {_shape_text(shape)}")
     if scheme == "uniform":
         return rng.random(shape)
     if scheme == "glorot":
@@ -31,6 +37,7 @@ def make_weight(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, f
 
 def make_bias(rng: np.random.Generator, size: int, scheme: str) -> np.ndarray:
     """The article draws its bias from U[0, 1) too; the other schemes start at zero."""
+    shape_values((size,), "", f"a bias of {_count(size)} values")
     if scheme == "uniform":
         return rng.random(size)
     return zeros(size)
@@ -38,11 +45,13 @@ def make_bias(rng: np.random.Generator, size: int, scheme: str) -> np.ndarray:
 
 def ones(size: int) -> np.ndarray:
     """A vector of ones (BatchNorm's gamma and running variance)."""
+    shape_values((size,), "", f"a vector of {_count(size)} values")
     return np.ones(size)
 
 
 def zeros(size: int) -> np.ndarray:
     """A vector of zeros (BatchNorm's beta and running mean)."""
+    shape_values((size,), "", f"a vector of {_count(size)} values")
     return np.zeros(size)
 
 
@@ -51,3 +60,11 @@ def as_generator(seed_or_rng: int | np.random.Generator | None) -> np.random.Gen
     if isinstance(seed_or_rng, np.random.Generator):
         return seed_or_rng
     return np.random.default_rng(seed_or_rng)
+
+
+def _count(size: int) -> str:
+    return count_text(int(size))
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join(count_text(int(d)) for d in shape) + ")"

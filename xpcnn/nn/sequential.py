@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from xpcnn.backends import DTYPES, Backend, backend_of, dtype_name, resolve, to_numpy, transfer
 from xpcnn.io import checkpoint
 from xpcnn.io.checkpoint import short_repr
 from xpcnn.nn.base import Layer, UnknownLayerError, build_layer, layer_class, state_shapes
+
+if TYPE_CHECKING:
+    from xpcnn.nn.summary import Summary
 
 
 class StateDictError(ValueError):
@@ -61,6 +64,14 @@ class Sequential(Layer):
             except ValueError as exc:
                 raise ValueError(f"layer {index} ({exc})") from None
         return tuple(shape)
+
+    def summary(self, input_shape: tuple, dtype: str | None = None) -> Summary:
+        """Per layer its output shape, parameters, multiply-adds and activation memory for one image
+        of per-example ``input_shape`` (C, H, W), and the totals: ``print(model.summary((1, 28, 28)))``
+        (:mod:`xpcnn.nn.summary`; ``dtype`` default: the parameters')."""
+        from xpcnn.nn.summary import summarize
+
+        return summarize(self.layers, input_shape, dtype or self.dtype)
 
     # -- parameters -------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, Any]]:

@@ -193,6 +193,35 @@ PRESETS = {
 }
 
 
+# The recipe of a network given by ``--model`` without a ``--preset``: a preset's recipe was tuned
+# for its own network and data, so a network of the user's own gets the standard one instead --
+# Adam at 3e-3 with a cosine schedule to 0, and no augmentation (shifts are turned on with --shift).
+MODEL_RECIPE = Config(epochs=12, batch_size=64, optimizer="adam", lr=3e-3, schedule="cosine", shift=0)
+
+# The data each preset's recipe was tuned on (--data names): its augmentation (``shift``) follows the
+# user to no other data -- elsewhere a run's default is no shift (shift 2 is a quarter of an 8x8 image).
+PRESET_DATA = {"default": ("embedded", "download"), "article": ("embedded", "download"),
+               "lenet5": ("embedded", "download"), "vgg": ("cifar10",), "resnet20": ("cifar10",),
+               "mobilenet": ("cifar10",)}
+
+
+def default_recipe(preset: str | None, model: object, data: str, shift_given: bool = False) -> tuple[Config, str]:
+    """The Config a run starts from before its flags, and why, in words (the run's header says it):
+    the named ``preset``'s recipe; for a ``model`` given without a preset, :data:`MODEL_RECIPE`; and
+    the preset's augmentation only on the data it was tuned for (:data:`PRESET_DATA`), none elsewhere
+    (``shift_given``: the run sets its own, and the words do not mention the preset's)."""
+    if preset is None and model is not None:
+        return MODEL_RECIPE, "the --model recipe (no --preset)"
+    name = preset or "default"
+    base = PRESETS[name]
+    if base.shift and data not in PRESET_DATA.get(name, ()) and not shift_given:
+        where = " or ".join(repr(d) for d in PRESET_DATA[name])
+        return (dataclasses.replace(base, shift=0),
+                f"preset {name} (its shifts of {base.shift} pixels are for --data {where}: none here; --shift N "
+                f"adds them)")
+    return base, f"preset {name}"
+
+
 class ResumeMismatch(ValueError):
     """Resuming with settings that differ from the checkpoint's run (other than ``epochs``);
     ``changed`` maps each field to (checkpoint's value, value asked for)."""

@@ -25,6 +25,7 @@ printed lines, log files, checkpoints, plots).  Extensions that print or write f
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -196,10 +197,13 @@ class PrintReport(Extension):
 
 class LogReport(Extension):
     """The history as JSON lines (one epoch record a line) at ``path``, rewritten atomically after
-    every epoch from ``trainer.state.history`` (so a resumed run's log is whole)."""
+    every epoch from ``trainer.state.history`` (so a resumed run's log is whole); with ``csv_path``
+    also as CSV (a header of the records' keys, then one row per epoch; empty cells for null) for
+    spreadsheets and pandas."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, csv_path: str | os.PathLike | None = None) -> None:
         self.path = os.fspath(path)
+        self.csv_path = None if csv_path is None else os.fspath(csv_path)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         _make_folder_of(self.path, trainer)
@@ -209,6 +213,12 @@ class LogReport(Extension):
             with atomic_write(self.path, "w") as handle:
                 for entry in trainer.state.history:
                     handle.write(json.dumps(entry) + "\n")
+            if self.csv_path is not None:
+                columns = list(dict.fromkeys(key for entry in trainer.state.history for key in entry))
+                with atomic_write(self.csv_path, "w") as handle:
+                    writer = csv.DictWriter(handle, columns, lineterminator="\n")
+                    writer.writeheader()
+                    writer.writerows(trainer.state.history)
 
 
 class Checkpointer(Extension):
@@ -323,7 +333,8 @@ def standard_extensions(out: str | os.PathLike | None = None, test: Split | None
     if test is not None:
         extensions.append(FinalEvaluation(test, test_label, verbose=verbose))
     if out is not None:
-        extensions += [Checkpointer(os.path.join(out, "checkpoint.npz")), LogReport(os.path.join(out, "log.jsonl")),
+        extensions += [Checkpointer(os.path.join(out, "checkpoint.npz")),
+                       LogReport(os.path.join(out, "log.jsonl"), os.path.join(out, "log.csv")),
                        MetricsWriter(os.path.join(out, "metrics.json"), source)]
         if plot_image is not None:
             extensions.append(PlotReport(out, plot_image, source, verbose=verbose))

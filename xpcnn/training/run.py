@@ -28,18 +28,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import filecmp
+import itertools
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from xpcnn import data as datasets
-from xpcnn.backends import Backend, BackendError, default_backend_name, resolve, wants_gpu
+from xpcnn.backends import Backend, BackendError, adapter_for, default_backend_name, resolve, wants_gpu
 from xpcnn.io.checkpoint import CheckpointError
 from xpcnn.io.files import check_writable_dir
+from xpcnn.nn.activations import Sigmoid
+from xpcnn.nn.dense import Dense
 from xpcnn.nn.sequential import Sequential
+from xpcnn.nn.spec import SpecError, activation_values, read_model_file
+from xpcnn.nn.validate import available_memory, bytes_text
 from xpcnn.training import executors
 from xpcnn.training.builders import build_model
 from xpcnn.training.config import (
@@ -50,11 +57,13 @@ from xpcnn.training.config import (
     check_choice,
     check_integer,
     check_number,
+    default_recipe,
     resume_config,
 )
 from xpcnn.training.executors import StepExecutor
 from xpcnn.training.extensions import Diverged, Extension, standard_extensions
 from xpcnn.training.schedules import describe_schedule
+from xpcnn.training.snapshot import compact_architecture
 from xpcnn.training.snapshot import read as read_checkpoint
 from xpcnn.training.trainer import Interrupted, Trainer, last_batch_problem, stop_on_signals
 
@@ -84,24 +93,27 @@ class RunOptions:
     ``resume`` only ``epochs`` may differ from the checkpoint's)."""
 
     settings: dict[str, Any] = field(default_factory=dict)
-    preset: str = "default"
-    data: str = "embedded"
+    preset: str | None = None  # None: "default", or with a ``model`` setting the recipe of one's own network
+    data: str = ""  # "": the data a resumed run trained on, else "embedded"
     eval_data: str | None = None
     layout: str = "auto"
     classes: int | None = None
     backend: str | None = None
     device: str | None = None
-    out: str = os.path.join("runs", "latest")
+    out: str = ""  # "": a fresh folder runs/<date>-<time>-<preset> (resume: the checkpoint's folder)
     plot: bool = False
     resume: str | None = None
-    threads: int = 1
-    chunk: int | None = None
+    init_from: str | None = None  # fine-tuning: a new run starting from this checkpoint's weights
+    threads: int | None = None  # None: every usable core (CPU backends; executors.default_executor)
+    chunk: int | None = None  # None: executors.DEFAULT_CHUNK images per piece on a CPU
     compile: bool | None = None  # None: where the backend compiles by default (JAX)
     reduction: str | None = None  # data-parallel runs: gather (the default), allreduce or nccl
     quiet: bool = False  # no progress bar
     compare: str | None = None  # comma-separated backend specs (xpcnn.tools.parity.compare_run)
     rtol: float | None = None
     atol: float | None = None
+    lockstep: bool | None = None  # compare step by step (xpcnn.tools.lockstep); None: for float32 only
+    threshold: float | None = None  # lockstep's failure ratio (default xpcnn.tools.lockstep.DEFAULT_THRESHOLD)
 
 
 def _flag(name: str) -> str:
@@ -122,6 +134,14 @@ def _refuse(condition: object, option: str, message: str) -> None:
         raise UsageError(option, message)
 
 
+def _compiles_by_default(backend_name: str) -> bool:
+    """Whether the backend of that name compiles its steps unless told not to (JAX)."""
+    try:
+        return bool(adapter_for(backend_name).compiles_by_default)
+    except Exception:  # an unknown name: resolving the backend reports it
+        return False
+
+
 def check_options(options: RunOptions, job: Job | None = None) -> None:
     """The checks of the options that are not Config fields (those are the Config's).  On a
     data-parallel rank (``job``) the combinations that data parallelism excludes are refused, and
@@ -131,12 +151,18 @@ def check_options(options: RunOptions, job: Job | None = None) -> None:
         for name in ("rtol", "atol"):
             if getattr(options, name) is not None:
                 check_number(name, getattr(options, name), "[0, inf)")
-        check_integer("threads", options.threads, 1)
+        if options.threads is not None:
+            check_integer("threads", options.threads, 1)
         if options.chunk is not None:
             check_integer("chunk", options.chunk, 1)
-    split, compare = options.threads != 1 or options.chunk, options.compare
-    _refuse(options.threads != 1 and wants_gpu(options.backend or default_backend_name(options.device), options.device),
+    split, compare = options.threads not in (None, 1) or options.chunk, options.compare
+    backend_name = options.backend or default_backend_name(options.device)
+    _refuse(options.threads not in (None, 1) and wants_gpu(backend_name, options.device),
             "--threads", "--threads splits each batch over CPU cores; drop it for a GPU")
+    _refuse(split and options.compile is None and job is None and not compare and _compiles_by_default(backend_name),
+            "--threads" if options.threads not in (None, 1) else "--chunk",
+            f"--threads/--chunk split each batch, and {backend_name} runs each step compiled on whole batches by "
+            f"default: add --no-compile to split, or drop --threads/--chunk")
     _refuse(compare and split, "--compare",
             "--compare runs each backend on whole batches, single-threaded; drop --threads/--chunk")
     _refuse(options.compile and split, "--compile",
@@ -146,8 +172,18 @@ def check_options(options: RunOptions, job: Job | None = None) -> None:
             "--schedule plateau follows the validation loss, which --compare does not compute; choose another schedule")
     _refuse(compare and (options.backend or options.device), "--compare",
             "--compare names its own backends; drop --backend/--device")
-    problem = check_writable_dir(options.out) if job is None or job.is_main else None
-    _refuse(problem, "--out", f"--out: {problem}")
+    _refuse(options.init_from and options.resume, "--init-from",
+            "--init-from starts a new run from a checkpoint's weights, --resume continues one; choose one")
+    _refuse(options.init_from and options.settings.get("model") is not None, "--init-from",
+            "--init-from takes the checkpoint's network; drop --model")
+    if job is None or job.is_main:
+        out = options.out or RUNS_ROOT
+        problem = check_writable_dir(out)
+        _refuse(problem, "--out", f"--out: {problem}")
+        _refuse(options.out and not compare and another_run_in(options.out, options.resume), "--out",
+                f"--out: {options.out} holds another run's checkpoint.npz, which this run would replace; choose "
+                f"another folder (by default each run gets its own), or continue that run with --resume "
+                f"{os.path.join(options.out, 'checkpoint.npz')}")
     if options.plot:
         try:
             import matplotlib  # noqa: F401
@@ -156,23 +192,99 @@ def check_options(options: RunOptions, job: Job | None = None) -> None:
                                        "pip install 'xpcnn[plot]'") from None
     if job is not None:
         _refuse(compare, "--compare", "--compare runs in one process; drop --distributed")
-        _refuse(options.threads != 1, "--threads", "--threads with --distributed: ranks take the cores (one rank per "
-                "core: mpiexec -n N); drop --threads (--chunk still cuts each rank's share, docs/distributed.md)")
+        _refuse(options.threads not in (None, 1), "--threads", "--threads with --distributed: ranks take the cores "
+                "(one rank per core: mpiexec -n N); drop --threads (--chunk still cuts each rank's share, "
+                "docs/distributed.md)")
         _refuse(options.compile, "--compile", "--compile with --distributed: the compiled step runs whole batches in "
                                               "one process; drop --compile")
+
+
+RUNS_ROOT = "runs"  # where runs get their own folders; RUNS_ROOT/latest links to the newest
+
+
+def another_run_in(out: str, resume: str | None) -> bool:
+    """Whether folder ``out`` holds a checkpoint of a run other than the one ``resume`` continues
+    (which writes back to its own file): a run never replaces another run's checkpoint."""
+    existing = os.path.join(out, "checkpoint.npz")
+    if not os.path.exists(existing):
+        return False
+    if resume is None or not os.path.exists(resume):
+        return True
+    # (a data-parallel rank resumes from rank 0's copy of the file: the same bytes)
+    return not (os.path.samefile(existing, resume) or filecmp.cmp(existing, resume, shallow=False))
+
+
+def fresh_run_folder(preset: str, root: str = RUNS_ROOT) -> str:
+    """A new folder ``root/<YYYYmmdd-HHMMSS>-<preset>`` (``-2``, ``-3`` ... after it when taken), created."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    os.makedirs(root, exist_ok=True)
+    for count in itertools.count(1):
+        path = os.path.join(root, f"{stamp}-{preset}" + (f"-{count}" if count > 1 else ""))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def link_latest(out: str, root: str = RUNS_ROOT) -> None:
+    """Point ``root/latest`` at the run folder ``out`` (a relative symlink, replaced atomically) when
+    ``out`` lies in ``root``; a ``latest`` that is a real folder, or a system without symlinks, is
+    left as it is."""
+    latest, out = os.path.join(root, "latest"), os.path.realpath(out)
+    if os.path.dirname(out) != os.path.realpath(root) or os.path.basename(out) == "latest":
+        return
+    if os.path.exists(latest) and not os.path.islink(latest):
+        return
+    temporary = f"{latest}.{os.getpid()}.tmp"
+    try:
+        os.symlink(os.path.basename(out), temporary)
+        os.replace(temporary, latest)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+
+
+def data_spec(spec: str) -> str:
+    """A ``--data`` as a checkpoint remembers it: a path made absolute (a resume may run elsewhere)."""
+    return os.path.abspath(spec) if os.path.exists(spec) else spec
+
+
+def place_run(options: RunOptions, job: Job | None = None) -> tuple[RunOptions, bool]:
+    """The options with ``data`` and ``out`` filled in: the data a resumed run trained on (else
+    "embedded"); the folder of a resumed checkpoint, else a fresh ``runs/<date>-<time>-<preset>``
+    (created on the main process; True second when this call made it)."""
+    data, out, made = options.data, options.out, False
+    if options.resume and not (data and out):
+        try:
+            saved = read_checkpoint(options.resume)
+        except CheckpointError as exc:
+            raise UsageError("--resume", f"--resume: {exc}") from None
+        if not data:
+            data = saved.data_source or ""
+        if not out:
+            out = os.path.dirname(os.path.realpath(options.resume))  # (not the runs/latest link to it)
+            out = out if os.path.isabs(options.resume) else os.path.relpath(out)
+    if not out:
+        main = job is None or job.is_main
+        problem = check_writable_dir(RUNS_ROOT) if main else None
+        _refuse(problem, "--out", f"--out: {problem}")
+        label = "compare" if options.compare else options.preset or ("model" if options.settings.get("model") else
+                                                                     "default")
+        # (the other ranks of a data-parallel run write nothing: a placeholder)
+        out, made = (fresh_run_folder(label), True) if main else (os.path.join(RUNS_ROOT, "latest"), False)
+    return dataclasses.replace(options, data=data or "embedded", out=out), made
 
 
 def _model_setting(value: Any) -> Any:
     """``model``: a spec as given, or the contents of a JSON file (compact) as the Config stores it."""
     if not isinstance(value, str) or not value.endswith(".json"):
         return value
-    try:
-        with open(value, encoding="utf-8") as handle:
-            return json.dumps(json.load(handle), separators=(",", ":"))
-    except OSError as exc:
-        raise UsageError("--model", f"--model: {value}: cannot read: {exc.strerror}") from None
-    except ValueError as exc:
-        raise UsageError("--model", f"--model: {value}: not valid JSON ({exc})") from None
+    try:  # (a regular file of bounded size and nesting: xpcnn.nn.spec.read_model_file)
+        return json.dumps(read_model_file(value), separators=(",", ":"))
+    except SpecError as exc:
+        raise UsageError("--model", f"--model: {exc}") from None
 
 
 def run_config(options: RunOptions) -> Config:
@@ -182,12 +294,14 @@ def run_config(options: RunOptions) -> Config:
     _refuse(unknown, "settings", f"settings: {', '.join(map(repr, unknown))} not configuration field(s)")
     settings = {name: _model_setting(value) if name == "model" else value for name, value in options.settings.items()}
     with options_named():
-        check_choice("preset", options.preset, tuple(PRESETS))
+        if options.preset is not None:
+            check_choice("preset", options.preset, tuple(PRESETS))
         try:
             if options.resume:
                 config = resume_config(read_checkpoint(options.resume).config, **settings)
             else:
-                config = dataclasses.replace(PRESETS[options.preset], **settings)
+                config = dataclasses.replace(default_recipe(options.preset, settings.get("model"), options.data)[0],
+                                             **settings)
         except ResumeMismatch as exc:
             raise UsageError("--resume", "--resume continues the checkpoint's run; only --epochs may change, not "
                              + ", ".join(f"{_flag(k)} ({old} in the checkpoint)"
@@ -225,9 +339,11 @@ def run_backend(options: RunOptions, job: Job | None = None) -> Backend:
 def load_data(spec: str, option: str, layout: str, classes: int | None) -> datasets.Dataset:
     """:func:`xpcnn.data.load`, its DataError a UsageError naming ``option`` (``--data``, ``--eval-data``)."""
     try:
-        return datasets.load(spec, layout=layout, classes=classes)
+        return datasets.load(spec or "embedded", layout=layout, classes=classes)
     except datasets.DataError as exc:
         raise UsageError(option, f"{option}: {exc}") from None
+    except MemoryError:
+        raise UsageError(option, f"{option}: {spec}: the data does not fit in the memory available") from None
 
 
 def training_count(config: Config, dataset: datasets.Dataset) -> int:
@@ -247,27 +363,120 @@ def fit_to_data(options: RunOptions, config: Config, dataset: datasets.Dataset) 
     else:
         with options_named():
             config = dataclasses.replace(config, image_shape=dataset.image_shape, classes=dataset.classes)
-    try:
-        model = build_model(config)
-    except ValueError as exc:  # SpecError: a spec or preset that does not fit the images
-        raise UsageError("--model" if config.model else "--preset",
-                         f"--model: {exc}" if config.model else f"--preset {config.preset}: {exc}") from None
+    for warning in check_data(config, dataset):
+        print(warning, flush=True)
+    if options.init_from:
+        model, notices = init_model(options.init_from, config)
+        config = dataclasses.replace(config, model=compact_architecture(model))
+        for notice in notices:
+            print(notice, flush=True)
+    else:
+        try:
+            model = build_model(config)
+        except ValueError as exc:  # SpecError: a spec or preset that does not fit the images
+            raise UsageError("--model" if config.model else "--preset",
+                             (f"--model: {exc}" if config.model else f"--preset {config.preset}: {exc}")
+                             + layout_fit(config, dataset)) from None
     problem = last_batch_problem(model, training_count(config, dataset), config.batch_size)
     _refuse(problem, "--batch-size", f"--batch-size: {problem}")
+    if not wants_gpu(options.backend or default_backend_name(options.device), options.device):
+        check_batch_memory(config, model)  # (a GPU's own memory is its backend's to report)
     return config, model
 
 
+def check_data(config: Config, dataset: datasets.Dataset) -> list[str]:
+    """The checks of the data as a whole (one line each; xpcnn.data.dataset): float pixels that look
+    unscaled (unless normalized), a layout that is most likely wrong, a training split of one class
+    (UsageErrors); and the warnings, returned: classes without training images."""
+    problem = None if config.normalize else datasets.float_range_problem(dataset)
+    _refuse(problem, "--data", f"--data: {problem}")
+    problem = datasets.layout_problem(dataset)
+    _refuse(problem, "--layout", f"--layout: {problem}")
+    present = set(dataset.train.labels.tolist()) if len(dataset.train) else set()
+    _refuse(len(present) == 1, "--data", f"--data: {dataset.source}: every training label is "
+                                         f"{next(iter(present), 0)}, one class: a classifier needs at least 2")
+    return datasets.label_warnings(dataset)
+
+
+def layout_fit(config: Config, dataset: datasets.Dataset) -> str:
+    """When the network does not fit the images as read but would fit the other --layout: the words
+    that say so (else '')."""
+    other = datasets.other_layout(dataset)
+    if other is None or config.model is None and config.preset in ("default", "article"):
+        return ""
+    try:
+        build_model(dataclasses.replace(config, image_shape=other[1]))
+    except (ValueError, ConfigError):
+        return ""
+    return (f" (the images are read as {dataset.layout}, {datasets.shape_text(dataset.image_shape)}; "
+            f"--layout {other[0]} reads them as {datasets.shape_text(other[1])}, which fits)")
+
+
+def check_batch_memory(config: Config, model: Sequential) -> None:
+    """Refuses a batch whose activations alone (each layer's output, kept for backward, and its
+    gradient) would not fit in the memory this machine has free."""
+    free = available_memory()
+    if free is None:
+        return
+    itemsize = 8 if config.dtype == "float64" else 4
+    need = 2 * config.batch_size * activation_values(model, config.image_shape) * itemsize
+    _refuse(need > free, "--batch-size",
+            f"--batch-size: a batch of {config.batch_size} needs about {bytes_text(need)} for its activations alone, "
+            f"more than the {bytes_text(free)} of memory free: use a smaller --batch-size or network")
+
+
+def init_model(path: str, config: Config) -> tuple[Sequential, list[str]]:
+    """Fine-tuning: the network of checkpoint ``path`` with its trained weights, for a new run of
+    ``config`` (the new data's images and classes): the same image shape, and when the number of
+    outputs differs, the last Dense layer (and the binary task's sigmoid) replaced by a new head
+    initialised from ``config.seed`` -- said in the notices returned."""
+    try:
+        saved = read_checkpoint(path)
+    except CheckpointError as exc:
+        raise UsageError("--init-from", f"--init-from: {exc}") from None
+    _refuse(saved.config.image_shape != config.image_shape, "--init-from",
+            f"--init-from: the checkpoint's network takes {datasets.shape_text(saved.config.image_shape)} images; "
+            f"this data has {datasets.shape_text(config.image_shape)}")
+    model = saved.network().to("numpy", dtype=config.dtype)
+    notices = [f"--init-from {path}: starting from its weights ({saved.config.preset}, "
+               f"{saved.global_step} steps trained)"]
+    if tuple(model.infer_shape(config.image_shape)) != (config.outputs,):
+        layers = list(model.layers)
+        if layers and layers[-1].name == "Sigmoid":
+            layers.pop()
+        last = next((index for index in range(len(layers) - 1, -1, -1) if layers[index].name == "Dense"), None)
+        _refuse(last is None or last != len(layers) - 1, "--init-from",
+                f"--init-from: the checkpoint's network ends in {layers[-1].name if layers else 'nothing'}, not a "
+                f"Dense layer whose outputs could be replaced for {config.outputs} output(s)")
+        assert last is not None
+        old = cast("Dense", layers[last])
+        head = Dense(old.in_features, config.outputs, bias=old.bias, init=Dense.initialiser(config.init),
+                     rng=config.seed)
+        layers[last:] = [head, Sigmoid()] if config.outputs == 1 else [head]
+        model = Sequential(*layers).to("numpy", dtype=config.dtype)
+        notices.append(f"--init-from: new head Dense({old.in_features} -> {config.outputs}) for {config.classes} "
+                       f"classes{' (binary task)' if config.outputs == 1 else ''}; the checkpoint's had "
+                       f"{old.out_features} output(s)")
+    return model, notices
+
+
 def choose_executor(options: RunOptions, backend: Backend, compare: bool = False) -> StepExecutor:
-    """The step executor the options ask for: compiled (``compile``, or by default where
-    :func:`compiles_by_default`), split into shares (``threads``/``chunk``), or the plain step.
-    Comparing backends, ``compile`` compiles the backends that can and runs the others eagerly."""
-    if options.compile or (options.compile is None and executors.compiles_by_default(backend)):
-        if executors.has_compiled_executor(backend) or not (compare or options.compile is None):
-            try:
-                return executors.compiled_executor(backend)
-            except BackendError as exc:
-                raise Unavailable("--compile", str(exc)) from None
-    return executors.make_executor(options.threads, options.chunk)
+    """The step executor the options ask for: :func:`executors.default_executor
+    <xpcnn.training.executors.default_executor>`, the one a ``Trainer`` given none uses too
+    (compiled where the backend compiles by default or ``compile``; the whole batch on a GPU; on a
+    CPU pieces of ``chunk`` images over at most ``threads`` threads).  Comparing backends, each
+    runs whole batches: ``compile`` compiles the backends that can and runs the others eagerly."""
+    wants_compiled = options.compile or (options.compile is None and executors.compiles_by_default(backend))
+    if compare:
+        return executors.compiled_executor(backend) if wants_compiled and executors.has_compiled_executor(backend) \
+            else executors.WholeBatchStep()
+    try:
+        return executors.default_executor(backend, None, threads=options.threads, chunk=options.chunk,
+                                          compile=options.compile)
+    except BackendError as exc:
+        raise Unavailable("--compile", str(exc)) from None
+    except ValueError as exc:  # a flag that cannot apply to this backend's step
+        raise UsageError("--threads" if options.threads is not None else "--chunk", str(exc)) from None
 
 
 @dataclass
@@ -331,6 +540,7 @@ def start_trainer(run: Run) -> Trainer:
         except CheckpointError as exc:
             trainer.close()
             raise UsageError("--resume", f"--resume: {exc}") from None
+    trainer.data_source = data_spec(run.options.data or "embedded")  # what --resume trains on again
     return trainer
 
 
@@ -350,28 +560,49 @@ class Outcome:
 def header(run: Run, trainer: Trainer) -> str:
     """The line a run starts with: preset, task, backend, data, schedule, executor, resume point."""
     config, executor, dataset = trainer.config, trainer.executor.describe(), run.dataset
-    return (f"xpcnn: preset {config.preset}, task {config.task}, {trainer.backend.label}, {config.dtype}; "
+    options = run.options
+    recipe = (f"preset {config.preset} (resumed)" if options.resume else
+              default_recipe(options.preset, options.settings.get("model"), options.data,
+                             options.settings.get("shift") is not None)[1])
+    augmentation = (f"shifts of up to {config.shift} pixels" if config.shift else "no augmentation")
+    return (f"xpcnn: {recipe}, task {config.task}, {trainer.backend.label}, {config.dtype}; "
             f"{training_count(config, dataset)} training / {len(dataset.validation) if dataset.validation else 0} "
             f"validation images ({dataset.source}); {config.epochs} epochs, batch {config.batch_size}, "
             f"{'nesterov ' if config.nesterov else ''}{config.optimizer} lr {config.lr}"
             + (f" ({schedule})" if (schedule := describe_schedule(config)) else "")
+            + f", {augmentation}"
             + (f"; {executor}" if executor else "")
             + (f"; resuming at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}"
                if run.options.resume else ""))
+
+
+def written_since(checkpoint: str, started: float, run: Run) -> bool:
+    """Whether ``checkpoint`` is this run's: written since it ``started``, or the one it resumed
+    from (a file left in ``--out`` by an earlier run is neither)."""
+    try:
+        written = os.path.getmtime(checkpoint)
+    except OSError:
+        return False
+    resumed = run.options.resume is not None and os.path.abspath(run.options.resume) == os.path.abspath(checkpoint)
+    return written >= started or resumed
 
 
 def train_run(run: Run, trainer: Trainer) -> Outcome:
     """Fit ``trainer`` on the run's data (printing the header first, on the main process), a
     signal stopping it after a step (:func:`stop_on_signals`)."""
     checkpoint = os.path.join(run.options.out, "checkpoint.npz")
+    started = time.time()
     main = trainer.is_main  # data-parallel ranks: only the main one prints
     if main:
         print(header(run, trainer), flush=True)
+        print(f"network: {trainer.model.summary(trainer.config.image_shape, trainer.config.dtype).one_line()}; "
+              f"{trainer.config.classes} classes; writing to {run.options.out}", flush=True)
+        link_latest(run.options.out)
     with stop_on_signals(trainer) as caught:
         try:
             trainer.fit(run.dataset.train, run.dataset.validation)
         except Diverged as exc:
-            last = f"; the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint) else ""
+            last = f"; the last good checkpoint is {checkpoint}" if written_since(checkpoint, started, run) else ""
             return Outcome("diverged", f"error: {exc}{last}" if main else None)
         except Interrupted as exc:
             # Data-parallel ranks agreed on the signal (one rank may have got it alone).
@@ -390,12 +621,20 @@ def train_run(run: Run, trainer: Trainer) -> Outcome:
 def train(options: RunOptions, job: Job | None = None) -> Outcome:
     """Check, assemble and train the run of ``options`` in this process or, with ``job``, as this
     rank's part of a data-parallel run (module doc).  Raises UsageError before any training."""
-    if job is None:
-        check_options(options)
-        run = prepare_run(options)
-        trainer = start_trainer(run)
-    else:
-        run, trainer = _prepare_on_ranks(options, job)
+    made = False
+    try:
+        if job is None:
+            options, made = place_run(options)
+            check_options(options)
+            run = prepare_run(options)
+            trainer = start_trainer(run)
+        else:
+            run, trainer = _prepare_on_ranks(options, job)
+    except BaseException:
+        if made:  # no run started: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(options.out)
+        raise
     with trainer:
         return train_run(run, trainer)
 
@@ -406,10 +645,13 @@ def _prepare_on_ranks(options: RunOptions, job: Job) -> tuple[Run, Trainer]:
     the same UsageError (naming the rank when only some have it); then they check that they run the
     same configuration from the same parameters (RankMismatch)."""
     shared = job.share_file(options.resume) if options.resume else None
+    initial = job.share_file(options.init_from) if options.init_from else None
     trainer, error = None, None
     try:
         _refuse(options.resume and shared is None, "--resume", "--resume: rank 0 could not read the checkpoint")
-        options = dataclasses.replace(options, resume=shared)
+        _refuse(options.init_from and initial is None, "--init-from",
+                "--init-from: rank 0 could not read the checkpoint")
+        options, _ = place_run(dataclasses.replace(options, resume=shared, init_from=initial), job)
         check_options(options, job)
         run = prepare_run(dataclasses.replace(options, compile=False), job)  # (JAX compiles by default)
         trainer = start_trainer(run)

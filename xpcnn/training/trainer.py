@@ -40,7 +40,7 @@ from xpcnn.nn.sequential import Sequential
 from xpcnn.training import snapshot
 from xpcnn.training.builders import build_loss, build_model, build_optimizer
 from xpcnn.training.config import Config, ResumeMismatch, resume_config
-from xpcnn.training.executors import StepExecutor, make_executor
+from xpcnn.training.executors import StepExecutor, default_executor
 from xpcnn.training.extensions import DivergenceCheck, Evaluator, Extension
 from xpcnn.training.metrics import Evaluation, confusion_matrix
 from xpcnn.training.schedules import ReduceOnPlateau, schedule_from_config
@@ -113,15 +113,15 @@ def stop_on_signals(trainer: Trainer) -> Iterator[dict]:
 class Trainer:
     """Trains ``model`` (default: the config's preset network) on one backend.
 
-    ``executor`` runs each step (default :class:`~xpcnn.training.executors.WholeBatchStep`, or a
-    :class:`~xpcnn.training.executors.SplitStep` for ``threads``/``chunk``); ``extensions`` add to
+    ``executor`` runs each step (default: :func:`~xpcnn.training.executors.default_executor` with
+    ``threads``/``chunk``, the executor of ``train.py``'s default command); ``extensions`` add to
     the ones every run has: the config's learning-rate schedule (``self.schedule``, from
     :mod:`~xpcnn.training.schedules`) and the divergence check.
     ``with Trainer(...) as trainer:`` closes the executor at the end (or call :meth:`close`)."""
 
     def __init__(self, config: Config, backend: Backend, model: Sequential | None = None, *,
                  executor: StepExecutor | None = None, extensions: Iterable[Extension] = (), sync_every: int = 20,
-                 threads: int = 1, chunk: int | None = None) -> None:
+                 threads: int | None = None, chunk: int | None = None) -> None:
         if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
             raise ValueError(f"Trainer: sync_every must be an integer >= 1, got {sync_every!r}")
         self.config, self.backend, self.sync_every = config, backend, sync_every
@@ -135,8 +135,12 @@ class Trainer:
         self.notes: list[str] = []  # messages from extensions for the printed log
         self.results: dict = {}  # what on_fit_end extensions computed (the final evaluation)
         self.class_names: list | None = None  # names of the classes, when the data has them (checkpoints keep them)
+        self.data_source: str | None = None  # the --data trained on, when known (checkpoints keep it for --resume)
         self.steps_per_epoch = 0
-        self.executor = executor or make_executor(threads, chunk)
+        if executor is not None and (threads is not None or chunk is not None):
+            raise ValueError("Trainer: threads and chunk choose the default executor; give them to the executor "
+                             "instead (executor= was given)")
+        self.executor = executor or default_executor(backend, self.model, threads, chunk)
         self.executor.bind(self.model, self.loss_fn, self.optimizer, backend, config.dtype)
         self.schedule = schedule_from_config(config)  # sets optimizer.lr before every step
         self.extensions = [self.schedule, DivergenceCheck(), *extensions]
@@ -310,8 +314,8 @@ class Trainer:
         loss, accuracy, predicted = self.evaluate(split, predictions=True)
         targets = task_targets(split.labels, self.config.task, self.config.classes)
         truth = target_classes(targets, self.config.task)
-        return Evaluation(loss, accuracy, predicted, truth, confusion_matrix(truth, predicted, self.config.outputs
-                                                                             if self.config.outputs > 1 else 2))
+        classes = self.config.outputs if self.config.outputs > 1 else 2
+        return Evaluation(loss, accuracy, predicted, truth, confusion_matrix(truth, predicted, classes), classes)
 
     def metrics(self, source: str = "") -> dict:
         """The run's record for ``metrics.json``."""
@@ -338,8 +342,8 @@ class Trainer:
         if saved.architecture != mine:
             raise CheckpointError(f"{path}: architecture {snapshot.layer_names(saved.architecture)} does not match "
                                   f"this model {snapshot.layer_names(mine)}")
-        try:
-            resume_config(saved.config, **{k: v for k, v in self.config.__dict__.items()})
+        try:  # (a network built in Python is stored as its layer records: snapshot.run_config)
+            resume_config(saved.config, **snapshot.run_config(self.config, self.model).__dict__)
         except ResumeMismatch as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         if saved.epoch > self.config.epochs:
@@ -352,6 +356,7 @@ class Trainer:
             raise CheckpointError(f"{path}: {exc}") from None
         self.rng.bit_generator.state = saved.rng_state
         self.class_names = saved.class_names
+        self.data_source = saved.data_source
         self.state = TrainState(saved.epoch, saved.step_in_epoch, saved.global_step, saved.epoch_rng_state,
                                 saved.history, saved.step_losses, saved.train_size, saved.normalization)
 

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from xpcnn.data.dataset import DataError, Dataset, Split, finish_dataset, validate
+from xpcnn.data.dataset import DataError, Dataset, Split, finish_dataset, regular_file, validate
 from xpcnn.data.download import CIFAR10_ARCHIVE
 from xpcnn.data.readers.base import ReadOptions
 
@@ -26,6 +26,8 @@ def _members(path: str) -> tuple[dict[str, bytes], bool]:
     members: dict[str, bytes] = {}
     python_version = False
     try:
+        if os.path.exists(path):
+            regular_file(path)
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
                 parts = PurePosixPath(member.name).parts
@@ -47,8 +49,11 @@ def _members(path: str) -> tuple[dict[str, bytes], bool]:
         raise DataError(f"{path}: no such file") from None
     except DataError:
         raise
-    except Exception as exc:  # tarfile.ReadError, EOFError, zlib.error, OSError ...
-        raise DataError(f"{path}: not a readable tar archive ({type(exc).__name__}: {exc})") from None
+    except MemoryError:
+        raise DataError(f"{path}: its members do not fit in the memory available") from None
+    except Exception as exc:  # tarfile.ReadError (its message is several lines), EOFError, zlib.error, OSError ...
+        first = (str(exc).strip().splitlines() or [""])[0].rstrip(".:")
+        raise DataError(f"{path}: not a readable tar archive ({type(exc).__name__}: {first})") from None
     return members, python_version
 
 

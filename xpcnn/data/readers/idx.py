@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xpcnn.data.dataset import DataError, Dataset, Split, finish_dataset, validate
+from xpcnn.data.dataset import DataError, Dataset, Split, finish_dataset, regular_file, validate
 from xpcnn.data.readers.base import ReadOptions, subfolders
 
 IDX_FILES = {
@@ -41,6 +41,8 @@ def read_idx(path: str, expected_ndim: int | tuple | None = None) -> np.ndarray:
     dimension count (``expected_ndim``: one count or a tuple of them), and declared sizes against
     the bytes present.  It reads no more than the header declares (so a gzip bomb stops there),
     and refuses a declared size over ``IDX_FILE_LIMIT``."""
+    if os.path.exists(path):
+        regular_file(path)  # (a FIFO would block)
     try:
         with open(path, "rb") as handle:
             gzipped = handle.read(2) == b"\x1f\x8b"
@@ -74,17 +76,23 @@ def _read_idx_stream(stream: io.BufferedIOBase, path: str, expected_ndim: int | 
     if declared > IDX_FILE_LIMIT:
         raise DataError(f"{path}: header declares shape {shape} = {declared} bytes of data, more than xpcnn "
                         f"reads into memory ({IDX_FILE_LIMIT >> 30} GiB)")
-    chunks, present = [], 0
-    while present <= declared:  # one byte past the declared size tells a longer file
-        chunk = stream.read(min(1 << 24, declared + 1 - present))
-        if not chunk:
+    try:  # the declared bytes, read (and decompressed) straight into their array: 1x the declared size
+        data = np.empty(declared, dtype=np.uint8)
+    except MemoryError:
+        raise DataError(f"{path}: header declares shape {shape} = {declared:,} bytes of data, more than the "
+                        f"memory available") from None
+    view, present = memoryview(data.data), 0
+    while present < declared:
+        count = stream.readinto(view[present:present + (1 << 20)])
+        if not count:
             break
-        chunks.append(chunk)
-        present += len(chunk)
+        present += count
+    if present == declared and stream.read(1):  # one byte past the declared size tells a longer file
+        raise DataError(f"{path}: header declares shape {shape} = {declared} bytes of data, file has "
+                        f"{present + 1} or more")
     if present != declared:
-        more = " or more" if present > declared else ""
-        raise DataError(f"{path}: header declares shape {shape} = {declared} bytes of data, file has {present}{more}")
-    return np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(shape)
+        raise DataError(f"{path}: header declares shape {shape} = {declared} bytes of data, file has {present}")
+    return data.reshape(shape)
 
 
 def idx_files(directory: str) -> dict:

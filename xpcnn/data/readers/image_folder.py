@@ -8,7 +8,7 @@ from types import ModuleType
 
 import numpy as np
 
-from xpcnn.data.dataset import DataError, Dataset, Split, finish_dataset
+from xpcnn.data.dataset import DataError, Dataset, Split, finish_dataset, regular_file
 from xpcnn.data.readers.base import ReadOptions, subfolders
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -32,6 +32,8 @@ def read_image(path: str, Image: ModuleType | None = None) -> np.ndarray:
     """One image file -> (C, H, W) uint8: L -> 1 channel, LA -> 2, RGB -> 3, RGBA -> 4 (palette
     images become RGB or RGBA, bilevel ones L).  Any failure is a one-line DataError."""
     Image = Image or _pillow(path)
+    if os.path.exists(path):
+        regular_file(path)  # (a FIFO would block)
     try:
         with Image.open(path) as image:
             image.load()

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from xpcnn.data.dataset import DataError, Dataset, finish_dataset, validate
+from xpcnn.data.dataset import DataError, Dataset, finish_dataset, regular_file, validate
 from xpcnn.data.readers.base import ReadOptions
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry; an empty zip
 
 
 def load_npz(path: str, layout: str = "auto", classes: int | None = None) -> Dataset:
     """Keras names (``x_train``, ``y_train``; optional ``x_test``, ``y_test`` and ``x_val``,
     ``y_val``) or ``images``/``labels`` (all training; an integer ``train_count`` makes the images
     after it the validation split, as in the embedded file).  Never unpickles."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    regular_file(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic not in ZIP_MAGIC:  # (else numpy takes it for a pickle and suggests allow_pickle)
+        raise DataError(f"{path}: not an .npz archive (a .npz is a zip file, starting 'PK'; this one starts "
+                        f"{magic!r})")
     try:
         archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
     except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError ...
         raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     if not hasattr(archive, "files"):
@@ -41,6 +51,8 @@ def load_npz(path: str, layout: str = "auto", classes: int | None = None) -> Dat
         try:
             arrays = {k: archive[k] for k in required}
             train_count = archive["train_count"] if not keras and "train_count" in names else None
+        except MemoryError:
+            raise DataError(f"{path}: its arrays do not fit in the memory available") from None
         except Exception as exc:
             raise DataError(f"{path}: corrupt array data ({type(exc).__name__}: {exc})") from None
     parts = []
