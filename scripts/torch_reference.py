@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """PyTorch reference: the same network trained with a standard recipe on the same split as xpcnn.
-usage: python scripts/torch_reference.py DATA NET EPOCHS OPT   (NET: lenet5 | small8; OPT: sgd (momentum 0.9 lr 0.01) | adam (1e-3))"""
+usage: python scripts/torch_reference.py DATA NET EPOCHS OPT [SEED]
+  NET: lenet5 | small8; OPT: sgd (momentum 0.9, lr 0.01) | adam (lr 1e-3)"""
 import sys
+
 import numpy as np
 import torch
 from torch import nn
+
 from xpcnn import data
 
 path, net, epochs, opt = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -13,7 +16,8 @@ torch.manual_seed(seed)
 ds = data.load(path)
 def t(split):
     return torch.from_numpy(split.images.astype(np.float32) / 255.0), torch.from_numpy(split.labels)
-xtr, ytr = t(ds.train); xte, yte = t(ds.test)
+xtr, ytr = t(ds.train)
+xte, yte = t(ds.test)
 K = ds.classes
 if net == "lenet5":
     model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
