@@ -14,7 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from xpcnn.backends import BACKENDS, DTYPES, BackendError, default_backend_name, resolve
+from xpcnn.backends import BACKENDS, DTYPES, Backend, BackendError, default_backend_name, resolve
 from xpcnn.data import TASKS
 from xpcnn.io.checkpoint import CheckpointError
 from xpcnn.io.files import check_writable_dir
@@ -178,6 +178,20 @@ def _one_line_error(prog: str, message: str) -> int:
     return EXIT_USAGE
 
 
+def _backend_options(p: argparse.ArgumentParser) -> None:
+    """--backend and --device, as predict and evaluate take them."""
+    p.add_argument("--backend", choices=BACKENDS, help="array library (default numpy; cupy when --device cuda)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, or an array_api_strict device")
+
+
+def _chosen_backend(args: argparse.Namespace, prog: str) -> Backend | None:
+    """The backend --backend/--device name, or None after printing the one-line reason it is unavailable."""
+    try:
+        return resolve(args.backend or default_backend_name(args.device), args.device)
+    except BackendError as exc:
+        _one_line_error(prog, str(exc))
+        return None
+
 def _exit_status(outcome: Outcome) -> int:
     if outcome.error:
         print(outcome.error, file=sys.stderr)
@@ -253,15 +267,13 @@ def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int
     p.add_argument("checkpoint", help="a checkpoint.npz written by training")
     p.add_argument("inputs", nargs="+", help="image files (PNG, JPEG, BMP: needs xpcnn[image]) or arrays (.npy, "
                                              ".npz with 'images' or 'x_test'), shaped like the training images")
-    p.add_argument("--backend", choices=BACKENDS, help="array library (default numpy; cupy when --device cuda)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N, or an array_api_strict device")
+    _backend_options(p)
     p.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto", help="layout of 4-D array files")
     p.add_argument("--json", action="store_true", help="one JSON list on stdout instead of lines")
     args = p.parse_args(argv)
-    try:
-        backend = resolve(args.backend or default_backend_name(args.device), args.device)
-    except BackendError as exc:
-        return _one_line_error(prog, str(exc))
+    backend = _chosen_backend(args, prog)
+    if backend is None:
+        return EXIT_USAGE
     try:
         predictor = Predictor(args.checkpoint, backend)
     except CheckpointError as exc:
@@ -362,14 +374,12 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "xpcnn evaluate") -
                    help="which images: auto (the test split if the data has one, else all its images), test, "
                         "validation, train, all (training + validation)")
     p.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto", help="layout of 4-D image arrays")
-    p.add_argument("--backend", choices=BACKENDS, help="array library (default numpy; cupy when --device cuda)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N, or an array_api_strict device")
+    _backend_options(p)
     p.add_argument("--json", action="store_true", help="the report as JSON")
     args = p.parse_args(argv)
-    try:
-        backend = resolve(args.backend or default_backend_name(args.device), args.device)
-    except BackendError as exc:
-        return _one_line_error(prog, str(exc))
+    backend = _chosen_backend(args, prog)
+    if backend is None:
+        return EXIT_USAGE
     try:
         report = evaluate(args.checkpoint, args.data, backend, args.split, args.layout)
     except CheckpointError as exc:
