@@ -531,6 +531,15 @@ def scale_check(dtype: str, repeats: int) -> dict:
 def machine() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "numpy": np.__version__, "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}
+    # The kernels NumPy's OpenBLAS runs: an OPENBLAS_CORETYPE set for an older family (some machines
+    # set "Haswell" on AVX-512 CPUs) halves the products' speed there (docs/performance.md).
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+
+        info["openblas"] = ", ".join(sorted({str(pool.get("architecture")) for pool in threadpool_info()
+                                            if pool.get("internal_api") == "openblas"}))
+    if "OPENBLAS_CORETYPE" in os.environ:
+        info["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
     try:
         import torch
 

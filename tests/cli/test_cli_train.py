@@ -151,7 +151,7 @@ def test_compare_defaults_to_one_epoch_in_float64(capsys, tmp_path, tiny_npz):
     assert report["dtype"] == "float64" and report["rtol"] == 1e-8
 
 
-@pytest.mark.parametrize("flags,shown", [(["--threads", "2"], "pieces of at most 32 images, 2 threads"),
+@pytest.mark.parametrize("flags,shown", [(["--threads", "2"], "pieces of at most 64 images (at least 2), 2 threads"),
                                          (["--chunk", "7"], "pieces of at most 7 images"),
                                          (["--threads", "2", "--chunk", "5"], "pieces of at most 5 images")])
 def test_threads_and_chunks_train_the_same_run(capsys, tmp_path, tiny_npz, flags, shown):

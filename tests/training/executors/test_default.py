@@ -11,6 +11,7 @@ from xpcnn.cli import train_main as main
 from xpcnn.training import PRESETS, Trainer
 from xpcnn.training.executors import (
     DEFAULT_CHUNK,
+    MIN_SHARES,
     SplitStep,
     WholeBatchStep,
     default_executor,
@@ -24,7 +25,11 @@ def test_a_cpu_backend_splits_by_the_batch_over_every_usable_core(cpu_backend):
     if has_compiled_executor(cpu_backend) and cpu_backend.adapter.compiles_by_default:
         pytest.skip("compiled by default: test_jax_compiles_and_refuses_threads")
     assert isinstance(executor, SplitStep)
-    assert (executor.threads, executor.chunk) == (usable_cores(), DEFAULT_CHUNK)
+    assert (executor.threads, executor.chunk, executor.min_shares) == (usable_cores(), DEFAULT_CHUNK, MIN_SHARES)
+    assert executor.shares(128) == [(0, 64), (64, 128)]  # pieces of 64 ...
+    assert executor.shares(64) == [(0, 32), (32, 64)]  # ... and at least two, whatever the machine
+    assert executor.shares(200) == [(0, 50), (50, 100), (100, 150), (150, 200)]
+    assert executor.shares(1) == [(0, 1)]
     capped = default_executor(cpu_backend, None, threads=1, chunk=8)
     assert (capped.threads, capped.chunk) == (1, 8)
     assert capped.shares(20) == [(0, 6), (6, 13), (13, 20)]  # ceil(20 / 8) = 3 pieces, whatever the threads
@@ -81,4 +86,5 @@ def test_the_default_command_header_names_the_split(capsys, tmp_path):
     np.savez(path, x_train=dataset.train.images[:200], y_train=dataset.train.labels[:200],
              x_test=dataset.validation.images[:50], y_test=dataset.validation.labels[:50])
     assert main(["--data", str(path), "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    assert f"pieces of at most {DEFAULT_CHUNK} images, {usable_cores()} thread" in capsys.readouterr().out
+    assert (f"pieces of at most {DEFAULT_CHUNK} images (at least {MIN_SHARES}), {usable_cores()} thread"
+            in capsys.readouterr().out)

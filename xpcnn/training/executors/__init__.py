@@ -32,12 +32,13 @@ from xpcnn.training.executors.compiled import (
     has_compiled_executor,
 )
 from xpcnn.training.executors.cuda_graph import TorchGraphStep
-from xpcnn.training.executors.default import DEFAULT_CHUNK, default_executor, usable_cores
+from xpcnn.training.executors.default import DEFAULT_CHUNK, MIN_SHARES, default_executor, usable_cores
 from xpcnn.training.executors.jax_jit import JaxJitStep
 from xpcnn.training.executors.split import ShareExchange, ShareReducer, SplitStep, make_executor, statistics_layers
 from xpcnn.training.executors.whole import WholeBatchStep
 
-__all__ = ["DEFAULT_CHUNK", "CompiledStep", "JaxJitStep", "ShareExchange", "ShareReducer", "SplitStep", "StepExecutor",
+__all__ = ["DEFAULT_CHUNK", "MIN_SHARES", "CompiledStep", "JaxJitStep", "ShareExchange", "ShareReducer", "SplitStep",
+           "StepExecutor",
            "TorchGraphStep", "WholeBatchStep", "compiled_executor", "compiles_by_default", "default_executor",
            "forward_backward", "has_compiled_executor", "make_executor", "ordered_sum", "refuse_batch_statistics",
            "refuse_empty_batch", "share_bounds", "statistics_layers", "unpack", "usable_cores"]

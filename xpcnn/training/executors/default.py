@@ -7,8 +7,9 @@ the backend                the default step
 compiles by default (JAX)  compiled (``jax.jit``): whole batches; ``threads``/``chunk`` refused
 a GPU (CuPy, ``cuda``)     the whole batch (``chunk``: pieces of it); ``threads`` refused
 a CPU (NumPy, PyTorch,     :class:`~xpcnn.training.executors.SplitStep`: pieces of
-array-api-strict)          ``chunk`` = :data:`DEFAULT_CHUNK` images, on every core this process
-                           may use (``threads``: at most that many), one BLAS thread each
+array-api-strict)          ``chunk`` = :data:`DEFAULT_CHUNK` images and at least
+                           :data:`MIN_SHARES` of them, on every core this process may use
+                           (``threads``: at most that many), one BLAS thread each
 =========================  =====================================================================
 
 On a CPU the split is fixed by the batch (``chunk``), never by the machine: threads only schedule
@@ -32,7 +33,13 @@ if TYPE_CHECKING:
     from xpcnn.nn.base import Layer
     from xpcnn.training.executors.base import StepExecutor
 
-DEFAULT_CHUNK = 32  # images per piece of a batch on a CPU: small enough for the cache, large enough for BLAS
+# Images per piece of a batch on a CPU, and the fewest pieces a batch is cut into.  Measured on the
+# 2-core VM at batch 128 (docs/performance.md, "The default split"): pieces of 64 beat pieces of 32
+# on lenet5 (9.5 vs 13.3 ms a step), vgg (211 vs 237 ms) and the benchmark network (3.0 vs 4.3 ms):
+# every piece costs the whole network's per-operation overhead once more, and four pieces on two
+# cores do not run faster than two.  At least two pieces keep two cores busy at batch 64 too.
+DEFAULT_CHUNK = 64
+MIN_SHARES = 2
 
 
 def usable_cores() -> int:
@@ -54,11 +61,12 @@ def default_executor(backend: Backend, model: Layer | None = None, threads: int 
                      chunk: int | None = None, compile: bool | None = None) -> StepExecutor:
     """The step executor of the table above for ``backend``.  ``threads``: at most that many threads
     (None: every usable core); ``chunk``: pieces of at most that many images (None:
-    :data:`DEFAULT_CHUNK` on a CPU, whole batches elsewhere); ``compile``: True compiles (a
-    :class:`~xpcnn.backends.BackendError` where the backend cannot), False never, None where the
-    backend compiles by default.  A combination that cannot apply (``threads`` or ``chunk`` with a
-    compiled step, ``threads`` on a GPU) is a ValueError naming it, never silently dropped.
-    ``model``: the network the executor will run (the policy does not depend on it today)."""
+    :data:`DEFAULT_CHUNK` on a CPU and at least :data:`MIN_SHARES` pieces, whole batches
+    elsewhere); ``compile``: True compiles (a :class:`~xpcnn.backends.BackendError` where the
+    backend cannot), False never, None where the backend compiles by default.  A combination that
+    cannot apply (``threads`` or ``chunk`` with a compiled step, ``threads`` on a GPU) is a
+    ValueError naming it, never silently dropped.  ``model``: the network the executor will run
+    (the policy does not depend on it today)."""
     threads, chunk = _count(threads, "threads"), _count(chunk, "chunk")
     if compile or (compile is None and compiles_by_default(backend) and has_compiled_executor(backend)):
         if threads is not None or chunk is not None:
@@ -69,4 +77,7 @@ def default_executor(backend: Backend, model: Layer | None = None, threads: int 
         if threads is not None and threads != 1:
             raise ValueError(f"threads split a batch over CPU cores; {backend.label} is a GPU (drop threads)")
         return SplitStep(1, chunk) if chunk is not None else WholeBatchStep()
-    return SplitStep(threads if threads is not None else usable_cores(), chunk or DEFAULT_CHUNK)
+    threads = threads if threads is not None else usable_cores()
+    if chunk is not None:  # the caller's cut, as given
+        return SplitStep(threads, chunk)
+    return SplitStep(threads, DEFAULT_CHUNK, MIN_SHARES)

@@ -98,8 +98,9 @@ class SplitStep(StepExecutor):
     (:class:`ShareExchange`) and combines them in share order (:mod:`xpcnn.nn.batchnorm`).
 
     The split is fixed by the batch, not by the machine: share k is rows
-    ``share_bounds(N, ceil(N / chunk))[k]``, pieces of at most ``chunk`` images.  ``threads`` only
-    schedules them: every share runs in a thread of its own, at most ``threads`` of them compute at
+    ``share_bounds(N, max(ceil(N / chunk), min(min_shares, N)))[k]``, pieces of at most ``chunk``
+    images, and at least ``min_shares`` of them (so that a small batch still keeps two cores busy).
+    ``threads`` only schedules them: every share runs in a thread of its own, at most ``threads`` of them compute at
     once, and the sums run in share order.  So the numbers are the same bits for any ``threads``
     (and on any machine); they change only with ``chunk``.  (``chunk=None``: ``threads`` shares,
     the cut of ``threads`` MPI ranks.)
@@ -116,9 +117,10 @@ class SplitStep(StepExecutor):
     Each share runs on its own copy of the layers (layers keep their activations from forward to
     backward, so two shares cannot share one).  On a GPU neither helps: use neither."""
 
-    def __init__(self, threads: int = 1, chunk: int | None = None) -> None:
+    def __init__(self, threads: int = 1, chunk: int | None = None, min_shares: int = 1) -> None:
         self.threads = _count(threads, "threads", 1)
         self.chunk = None if chunk is None else _count(chunk, "chunk", 1)
+        self.min_shares = _count(min_shares, "min_shares", 1)
         if self.threads == 1 and self.chunk is None:
             raise ValueError("SplitStep: give threads >= 2 or a chunk size (otherwise there is nothing to split)")
         self.pool: ThreadPoolExecutor | None = None
@@ -149,7 +151,9 @@ class SplitStep(StepExecutor):
 
     def shares(self, n: int) -> list[tuple[int, int]]:
         """The rows of each share of a batch of ``n`` images."""
-        return share_bounds(n, -(-n // self.chunk) if self.chunk else self.threads)
+        if not self.chunk:
+            return share_bounds(n, self.threads)
+        return share_bounds(n, max(-(-n // self.chunk), min(self.min_shares, n)))
 
     def gradients(self, x: Array, y: Array, noise: dict | None = None) -> Array:
         """Forward and backward of the whole batch as shares; leaves the summed gradients in the
@@ -225,7 +229,8 @@ class SplitStep(StepExecutor):
             self.pool_size = 0
 
     def describe(self) -> str:
-        cut = f"pieces of at most {self.chunk} images" if self.chunk else f"{self.threads} shares per batch"
+        at_least = f" (at least {self.min_shares})" if self.chunk and self.min_shares > 1 else ""
+        cut = f"pieces of at most {self.chunk} images{at_least}" if self.chunk else f"{self.threads} shares per batch"
         return f"{cut}, {self.threads} thread{'s' if self.threads != 1 else ''}"
 
 
