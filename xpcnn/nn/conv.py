@@ -86,18 +86,20 @@ class Conv2D(Layer):
                   they came from, the taps d apart as in the forward); or, with stride 1, the
                   correlation of G zero-padded by d(k - 1) - p with the flipped filters, in and out
                   swapped, as a product like the forward's (:meth:`_full_correlation` decides by size).
-    Memory: cols are built for chunks of images of at most ``COLUMN_BYTES`` (32 MiB) at a time, so
+    Memory: cols are built for chunks of images of at most ``COLUMN_BYTES`` (8 MiB) at a time, so
     no array kh*kw times a large batch's size is ever made (nor in inference, at an evaluation's
     large batches).  When the whole batch is one chunk, forward keeps its cols for backward (at
     most COLUMN_BYTES a layer); otherwise it keeps only its input (which the layer before keeps
     anyway) and backward builds each chunk's cols again: one more ``stack``, which measured no
-    slower than keeping all of them (vgg's 32-channel layer at batch 128, one thread).
+    slower than keeping all of them (vgg's 32-channel layer at batch 128, one thread).  8 MiB rather
+    than 32: the same step time within the noise on lenet5, vgg and the benchmark network, and a
+    vgg step's peak memory at the default split 210 MB instead of 331 (docs/performance.md).
     The patches come from strided slices on a CPU and from one gather on a GPU (``im2col``).
     Derivation: docs/math.md, "Grouped and dilated convolution".
     """
 
     IM2COL = ("auto", "slices", "gather")
-    COLUMN_BYTES = 32 << 20  # the most bytes of columns (a chunk of images') built at once
+    COLUMN_BYTES = 8 << 20  # the most bytes of columns (a chunk of images') built at once
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair, stride: Pair = 1,
                  padding: Pair | str = 0, bias: bool = True, init: str = "he", rng: Any = 0, im2col: str = "auto",
