@@ -143,7 +143,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, metavar="N",
                    help="run each batch as pieces of at most N images, gradients and BatchNorm statistics summed "
                         "in piece order (the whole-batch step up to float rounding; faster on a CPU, "
-                        "docs/performance.md; default: 32 on a CPU, whole batches on a GPU or compiled)")
+                        "docs/performance.md; default on a CPU: at most 64 images and at least two pieces; whole "
+                        "batches on a GPU or compiled)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="run each training step compiled by the backend's own compiler: jax.jit on JAX, one CUDA "
                         "graph per step on torch:cuda (the same step; docs/performance.md).  Default: on for JAX, "
